@@ -1,0 +1,38 @@
+"""The ``interest`` command: one subcommand per job in ``ray_jobs``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ray_jobs import generate, prepare
+
+# name -> (module with build_parser/main, one-line help)
+COMMANDS = {
+    "generate": (generate, "write a synthetic e-commerce log with planted interests"),
+    "prepare": (prepare, "validate, deduplicate, index and split event logs on Ray Data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interest",
+        description="Model e-commerce users' interests offline, at scale, on Ray.",
+        epilog="Run `interest COMMAND --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        module.build_parser(sub.add_parser(name, help=help_, description=module.__doc__))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module, _ = COMMANDS[args.command]
+    # Each job parses its own arguments, so `python -m ray_jobs.X` and `interest X` agree.
+    return module.main(argv[argv.index(args.command) + 1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,663 @@
+"""``interest prepare``: raw logs -> a clean, split, indexed dataset, on Ray.
+
+The job runs in three passes so memory stays bounded however large the input:
+
+1. **stage** (Ray Data, streaming): read -> adapter -> validate -> write Parquet
+   partitioned by ``hash(user_id) % buckets``; rows that fail a rule go to bucket -1
+   with their original values and reason. Nothing is collected on the driver.
+2. **dedup** (one Ray task per bucket): sort a bucket by user and time, drop exact
+   duplicates, count items. A bucket holds about ``rows / buckets`` events, so
+   ``buckets`` grows with the input and each task's memory does not.
+3. **finish** (one Ray task per bucket): map ids to indices (the item vocabulary is
+   built on the driver from per-bucket item counts: O(items), never O(events)), assign
+   the split, build capped per-user sequences, write the prepared tables.
+
+The prepared folder (local or ``s3://``) is published atomically (:class:`io.Publication`):
+
+    events/      PREPARED_EVENTS, every kept event with indices and split
+    sequences/   SEQUENCES, one row per user
+    items/       PREPARED_ITEMS, the catalogue (event-derived attributes where no catalogue)
+    vocab/       users/ (USER_VOCAB) and items.parquet (ITEM_VOCAB)
+    quarantine/  events/ and items.parquet (QUARANTINE)
+    prepare_report.json   accounting of every input row, config, split, counts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from interest import io
+from interest import schemas as S
+from interest.config import ConfigError
+from interest.data import adapters
+from interest.data.adapters import PATH_COL, InputError
+from interest.data.csv_source import MALFORMED, QuarantiningCSVDatasource, read_csv_stream
+from interest.data.validate import Bounds, event_reasons, quarantine_table, validate_items
+
+log = logging.getLogger(__name__)
+
+BUCKET = "_bucket"
+REPORT = "prepare_report.json"
+SPLIT_METHODS = ("leave_last", "time", "given")
+# Staged rows: kept events (reason null) or quarantined rows (record set), one schema.
+STAGED = pa.schema(
+    [f.with_nullable(True) for f in S.STAGED_EVENTS]
+    + [pa.field(S.CATEGORY, pa.string()), pa.field(S.BRAND, pa.string()), pa.field(S.TITLE, pa.string()),
+       pa.field(S.REASON, pa.string()), pa.field(S.RECORD, pa.string()), pa.field(BUCKET, pa.int32())]
+)
+# A bucket's worth of input bytes; Parquet packs events about 5x denser than CSV.
+_BUCKET_BYTES = {"parquet": 12 << 20, "default": 64 << 20}
+
+
+@dataclass
+class SplitConfig:
+    """How events are split into train / valid / test.
+
+    Args:
+        method: ``leave_last`` (per user, the last ``k`` events are test and the ``k``
+            before them validation; a user keeps at least one training event),
+            ``time`` (global cutoffs) or ``given`` (the source's own split, UniSRec).
+        k: events per user held out for each of valid and test (``leave_last``).
+        test_start: ``time``: events at or after this ISO time are test.
+        valid_start: ``time``: events at or after this (and before ``test_start``) are validation.
+        test_frac: ``time`` without cutoffs: the test cutoff is this quantile of time from the end.
+        valid_frac: likewise for validation, before the test cutoff.
+    """
+
+    method: str = "leave_last"
+    k: int = 1
+    test_start: str | None = None
+    valid_start: str | None = None
+    test_frac: float = 0.1
+    valid_frac: float = 0.1
+
+    def __post_init__(self):
+        if self.method not in SPLIT_METHODS:
+            raise ConfigError(f"split.method must be one of {', '.join(SPLIT_METHODS)}, got {self.method!r}")
+        if self.k < 1:
+            raise ConfigError(f"split.k must be >= 1, got {self.k}")
+        if not (0 <= self.valid_frac < 1 and 0 < self.test_frac < 1 and self.valid_frac + self.test_frac < 1):
+            raise ConfigError("split.test_frac and split.valid_frac must lie in [0, 1) and sum below 1")
+        for name in ("test_start", "valid_start"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    dt.datetime.fromisoformat(value)
+                except ValueError:
+                    raise ConfigError(f"split.{name} must be an ISO date or time, got {value!r}") from None
+
+
+@dataclass
+class PrepareConfig:
+    """Configuration of ``interest prepare``.
+
+    Args:
+        input: file, folder, glob or ``s3://`` path of the event logs.
+        format: adapter name (:data:`interest.data.adapters.ADAPTERS`).
+        items: optional items catalogue (Parquet/CSV/JSONL); some formats find theirs beside the input.
+        out: output folder, local or ``s3://``.
+        split: the train / valid / test split.
+        max_len: per-user sequences keep the most recent ``max_len`` events.
+        buckets: user-hash partitions of the middle passes (0: from the input size).
+        ts_unit: unit of numeric timestamps in the ``events`` format (s, ms, us).
+        min_ts: timestamps before this are absurd and quarantined.
+        max_ts: timestamps after this are absurd (default: one day after now).
+        overwrite: replace an existing output folder.
+    """
+
+    input: str = ""
+    format: str = "events"
+    items: str | None = None
+    out: str = ""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    max_len: int = 200
+    buckets: int = 0
+    ts_unit: str = "s"
+    min_ts: str = "1990-01-01"
+    max_ts: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not self.input:
+            raise ConfigError("prepare needs an input path")
+        if not self.out:
+            raise ConfigError("prepare needs an output path (--out)")
+        adapters.get(self.format)
+        if self.max_len < 2:
+            raise ConfigError(f"max_len must be >= 2, got {self.max_len}")
+        if self.buckets < 0:
+            raise ConfigError("buckets must be >= 0")
+        if self.ts_unit not in ("s", "ms", "us"):
+            raise ConfigError(f"ts_unit must be s, ms or us, got {self.ts_unit!r}")
+        try:
+            Bounds.parse(self.min_ts, self.max_ts)
+        except ValueError as exc:
+            raise ConfigError(f"min_ts/max_ts: {exc}") from None
+        if self.split.method == "given" and self.format not in ("unisrec", "events"):
+            raise ConfigError(f"split.method=given needs a source with its own split; {self.format!r} has none")
+
+
+# --- pass 1: stage --------------------------------------------------------------------
+
+def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: str | None,
+                buckets: int, require_split: bool) -> pa.Table:
+    """Convert and validate one raw batch into staged rows (pure; runs in Ray Data)."""
+    adapter = adapters.get(fmt)
+    source = raw.column(PATH_COL).combine_chunks().cast(pa.string()) if PATH_COL in raw.column_names else (
+        pa.array(["<input>"] * raw.num_rows, pa.string()))
+    raw = raw.drop_columns([PATH_COL]) if PATH_COL in raw.column_names else raw
+    if MALFORMED in raw.column_names:
+        malformed = pc.is_valid(raw.column(MALFORMED))
+        lines = raw.column(MALFORMED)
+        raw = raw.drop_columns([MALFORMED])
+        if pc.any(malformed).as_py():
+            good_rows = pc.invert(malformed)
+            bad_lines = pa.table({"line": lines.filter(malformed)})
+            q = quarantine_table(bad_lines, pa.array(["malformed row"] * len(bad_lines), pa.string()),
+                                 source.filter(malformed))
+            rest = stage_batch(raw.filter(good_rows).append_column(PATH_COL, source.filter(good_rows)),
+                               fmt=fmt, ts_unit=ts_unit, min_ts=min_ts, max_ts=max_ts, buckets=buckets,
+                               require_split=require_split)
+            q_cols = {name: q.column(name) for name in q.column_names}
+            q_cols[BUCKET] = pa.array(np.full(q.num_rows, -1, np.int32))
+            return pa.concat_tables([rest, _with_schema(q_cols, q.num_rows)])
+    missing = [c for c in adapter.required if c not in raw.column_names]
+    if missing:
+        name = source[0].as_py() if len(source) else "input"
+        raise InputError(f"{name}: required column(s) {', '.join(missing)} missing "
+                         f"(found {', '.join(raw.column_names)}) for format {fmt!r}")
+    convert = functools.partial(adapter.convert, ts_unit=ts_unit) if fmt == "events" else adapter.convert
+    conv = convert(raw)
+    reasons = event_reasons(conv, Bounds.parse(min_ts, max_ts))
+    if require_split:
+        missing_split = pc.and_(pc.is_null(reasons), pc.is_null(conv.column(S.SPLIT)))
+        reasons = pc.if_else(missing_split, pa.scalar("missing split"), reasons)
+    bad = pc.is_valid(reasons)
+    good = pc.invert(bad)
+    kept = conv.filter(good)
+    user = kept.column(S.USER_ID).combine_chunks()
+    kept_cols = {f.name: kept.column(f.name) for f in STAGED if f.name in kept.column_names}
+    kept_cols[S.SOURCE_FILE] = source.filter(good)
+    kept_cols[BUCKET] = pa.array(bucket_of(user, buckets), pa.int32())
+    q = quarantine_table(raw.filter(bad), reasons.filter(bad), source.filter(bad))
+    q_cols = {name: q.column(name) for name in q.column_names}
+    q_cols[BUCKET] = pa.array(np.full(q.num_rows, -1, np.int32))
+    parts = [_with_schema(kept_cols, kept.num_rows), _with_schema(q_cols, q.num_rows)]
+    return pa.concat_tables(parts)
+
+
+def _with_schema(cols: dict[str, Any], n: int) -> pa.Table:
+    return pa.Table.from_arrays(
+        [cols[f.name].cast(f.type) if f.name in cols else pa.nulls(n, f.type) for f in STAGED], schema=STAGED)
+
+
+def bucket_of(user_ids: pa.Array, buckets: int) -> np.ndarray:
+    """Stable hash partition of users (same bucket on every worker and every run)."""
+    import pandas as pd
+
+    values = user_ids.to_numpy(zero_copy_only=False)
+    return (pd.util.hash_array(values, categorize=True) % np.uint64(buckets)).astype(np.int32)
+
+
+def _check_inputs(adapter: adapters.Adapter, files: list[str], fs: pafs.FileSystem, cfg: PrepareConfig) -> None:
+    """Fail fast, on the driver, on files that are unreadable or lack a required column."""
+    for f in files:
+        info = fs.get_file_info(f)
+        if info.type != pafs.FileType.File:
+            raise InputError(f"{f}: not a readable file")
+        if cfg.format != "events":
+            continue
+        kind = adapters._file_kind(f)
+        if kind == "parquet":
+            try:
+                names = pq.read_schema(f, filesystem=fs).names
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise InputError(f"{f}: not a Parquet file ({exc})") from None
+        elif kind == "csv":
+            names = adapters.read_csv_header(f, fs)
+        else:
+            continue
+        missing = [c for c in S.EVENTS_REQUIRED if c not in names]
+        if missing:
+            raise InputError(f"{f}: required column(s) {', '.join(missing)} missing (found {', '.join(names)})")
+
+
+def _read(adapter: adapters.Adapter, files: list[str], fs: pafs.FileSystem, cfg: PrepareConfig):
+    import ray.data
+
+    spec = adapter.read_spec(files, fs)
+    common = dict(filesystem=fs, include_paths=True)
+    if spec.kind == "csv":
+        source = QuarantiningCSVDatasource(files, read_options=spec.csv_read, parse_options=spec.csv_parse,
+                                           convert_options=spec.csv_convert, partitioning=None, **common)
+        return ray.data.read_datasource(source)
+    if spec.kind == "parquet":
+        return ray.data.read_parquet(files, partitioning=None, **common)
+    if spec.kind == "json":
+        return ray.data.read_json(files, partitioning=None, lines=True, **common)
+    if cfg.format == "unisrec":
+        return ray.data.from_arrow(adapters.read_unisrec_events(cfg.input))
+    parse = spec.parse_file
+
+    def parse_files(batch: pa.Table) -> pa.Table:
+        tables = []
+        for path, data in zip(batch.column(PATH_COL).to_pylist(), batch.column("bytes").to_pylist()):
+            t = parse(path, data)
+            tables.append(t.append_column(PATH_COL, pa.array([path] * t.num_rows, pa.string())))
+        return pa.concat_tables(tables)
+
+    return ray.data.read_binary_files(files, partitioning=None, **common).map_batches(
+        parse_files, batch_format="pyarrow", batch_size=1)
+
+
+def auto_buckets(files: list[str], fs: pafs.FileSystem) -> int:
+    total = sum(fs.get_file_info(f).size or 0 for f in files)
+    per = _BUCKET_BYTES["parquet"] if all(f.endswith((".parquet", ".pq")) for f in files) else _BUCKET_BYTES["default"]
+    return int(min(4096, max(4, math.ceil(total / per))))
+
+
+# --- pass 2: dedup ------------------------------------------------------------------------
+
+SORT_KEYS = [(S.USER_ID, "ascending"), (S.TS, "ascending"), ("_b", "ascending"), (S.ITEM_ID, "ascending")]
+
+
+def dedup_table(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Sort by user and time (funnel order within a second) and drop exact duplicates.
+
+    Returns the deduplicated table and the mask of removed rows over the sorted input.
+    """
+    code = pc.index_in(t.column(S.BEHAVIOR), value_set=pa.array(S.BEHAVIORS))
+    t = t.append_column("_b", code).sort_by(SORT_KEYS)
+    n = t.num_rows
+    dup = np.zeros(n, bool)
+    if n > 1:
+        same = np.ones(n - 1, bool)
+        for name in (S.USER_ID, S.TS, "_b", S.ITEM_ID):
+            col = t.column(name).combine_chunks()
+            same &= np.asarray(pc.fill_null(pc.equal(col.slice(1), col.slice(0, n - 1)), False))
+        dup[1:] = same
+    return t.filter(pa.array(~dup)).drop_columns(["_b"]), dup
+
+
+def _bucket_dir(staging: str, bucket: int) -> str:
+    return io.join(staging, "staged", f"{BUCKET}={bucket}")
+
+
+def dedup_bucket(staging: str, bucket: int, sample: int, seed: int) -> dict[str, Any]:
+    path = _bucket_dir(staging, bucket)
+    if not io.exists(path):
+        return {"bucket": bucket, "files": {}, "users": 0, "rows": 0, "items": None, "ts_sample": []}
+    cols = [f.name for f in STAGED if f.name not in (S.REASON, S.RECORD, BUCKET)]
+    t = io.read_parquet(path, columns=cols)
+    before = _count_by(t.column(S.SOURCE_FILE))
+    t, _ = dedup_table(t)
+    after = _count_by(t.column(S.SOURCE_FILE))
+    files = {f: {"kept": after.get(f, 0), "duplicates_removed": before[f] - after.get(f, 0)} for f in before}
+    io.write_parquet(t, io.join(staging, "dedup", f"part-{bucket:05d}.parquet"))
+    items = aggregate(t, S.ITEM_ID, {S.COUNT: (S.ITEM_ID, "count"), **_LAST_ATTRS})
+    users = pc.count_distinct(t.column(S.USER_ID)).as_py()
+    ts = t.column(S.TS).to_numpy()
+    rng = np.random.default_rng([seed, bucket])
+    ts_sample = rng.choice(ts, size=min(sample, len(ts)), replace=False) if len(ts) else ts
+    return {"bucket": bucket, "files": files, "users": users, "rows": t.num_rows, "items": items,
+            "ts_sample": ts_sample.astype("datetime64[us]").astype(np.int64)}
+
+
+_LAST_ATTRS = {c: (c, "last") for c in (S.CATEGORY, S.BRAND, S.TITLE, S.PRICE)}
+
+
+def aggregate(t: pa.Table, key: str, specs: dict[str, tuple[str, str]]) -> pa.Table:
+    """Group ``t`` by ``key``; ``specs`` maps each output column to (input column, function)."""
+    out = t.group_by(key, use_threads=False).aggregate([(col, fn) for col, fn in specs.values()])
+    return pa.table({key: out.column(key), **{name: out.column(f"{col}_{fn}") for name, (col, fn) in specs.items()}})
+
+
+def _count_by(col) -> dict[str, int]:
+    vc = pc.value_counts(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    return {v["values"].as_py(): v["counts"].as_py() for v in vc}
+
+
+def quarantine_bucket(staging: str, out: str) -> dict[str, Any]:
+    path = _bucket_dir(staging, -1)
+    # Written even when empty, so queries over quarantine/ never fail for lack of a file.
+    t = io.read_parquet(path, columns=[S.SOURCE_FILE, S.REASON, S.RECORD]) if io.exists(path) else (
+        S.QUARANTINE.empty_table())
+    io.write_parquet(S.conform(t, S.QUARANTINE, what="quarantine"), io.join(out, "quarantine", "events",
+                                                                                "part-00000.parquet"))
+    return {"files": _count_by(t.column(S.SOURCE_FILE)), "reasons": _count_by(t.column(S.REASON))}
+
+
+# --- pass 3: finish -----------------------------------------------------------------------
+
+def assign_split(user_start: np.ndarray, user_len: np.ndarray, ts_us: np.ndarray, given: pa.Array | None,
+                 method: str, k: int, cutoffs: tuple[int | None, int | None]) -> np.ndarray:
+    """Split code (0 train, 1 valid, 2 test) of every event; rows sorted by user then time."""
+    n = len(ts_us)
+    if method == "given":
+        return np.asarray(pc.index_in(given, value_set=pa.array(S.SPLITS))).astype(np.int8)
+    if method == "time":
+        valid_start, test_start = cutoffs
+        split = np.zeros(n, np.int8)
+        if valid_start is not None:
+            split[ts_us >= valid_start] = 1
+        split[ts_us >= test_start] = 2
+        return split
+    n_test = np.where(user_len > 1, np.minimum(k, user_len - 1), 0)
+    n_valid = np.clip(np.minimum(k, user_len - n_test - 1), 0, None)
+    end = np.repeat(user_start + user_len, user_len)
+    from_end = end - np.arange(n) - 1
+    split = np.zeros(n, np.int8)
+    split[from_end < np.repeat(n_test + n_valid, user_len)] = 1
+    split[from_end < np.repeat(n_test, user_len)] = 2
+    return split
+
+
+def build_sequences(user_idx: np.ndarray, user_ids: pa.Array, user_start: np.ndarray, user_len: np.ndarray,
+                    items: np.ndarray, behaviors: np.ndarray, ts: pa.Array, split: np.ndarray,
+                    max_len: int) -> pa.Table:
+    """One row per user with the most recent ``max_len`` events, in time order."""
+    n = len(items)
+    end = np.repeat(user_start + user_len, user_len)
+    keep = (end - np.arange(n) - 1) < max_len
+    kept_len = np.minimum(user_len, max_len)
+    offsets = np.concatenate([[0], np.cumsum(kept_len)]).astype(np.int32)
+    owner = np.repeat(np.arange(len(user_len)), user_len)[keep]
+    counts = np.zeros((len(user_len), 3), np.int32)
+    np.add.at(counts, (owner, split[keep]), 1)
+    off = pa.array(offsets, pa.int32())
+    return pa.Table.from_arrays(
+        [
+            pa.array(user_idx, pa.int64()),
+            user_ids,
+            pa.ListArray.from_arrays(off, pa.array(items[keep], pa.int32())),
+            pa.ListArray.from_arrays(off, pa.array(behaviors[keep], pa.int8())),
+            pa.ListArray.from_arrays(off, ts.filter(pa.array(keep))),
+            pa.array(counts[:, 0]), pa.array(counts[:, 1]), pa.array(counts[:, 2]),
+            pa.array(user_len.astype(np.int32)),
+        ],
+        schema=S.SEQUENCES,
+    )
+
+
+def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_ids: pa.Array,
+                  split_cfg: dict[str, Any], cutoffs: tuple[int | None, int | None], max_len: int) -> dict[str, Any]:
+    path = io.join(staging, "dedup", f"part-{bucket:05d}.parquet")
+    if not io.exists(path):
+        return {"bucket": bucket, "users": 0, "events": 0, "split": [0, 0, 0], "truncated_users": 0}
+    t = io.read_parquet(path)  # sorted by user, time by dedup_bucket
+    n = t.num_rows
+    user = t.column(S.USER_ID).combine_chunks()
+    change = np.ones(n, bool)
+    if n > 1:
+        change[1:] = ~np.asarray(pc.equal(user.slice(1), user.slice(0, n - 1)))
+    user_start = np.flatnonzero(change)
+    user_len = np.diff(np.append(user_start, n))
+    user_idx = user_offset + np.arange(len(user_start), dtype=np.int64)
+    item_idx = np.asarray(pc.index_in(t.column(S.ITEM_ID), value_set=vocab_ids)).astype(np.int32)
+    behavior = np.asarray(pc.index_in(t.column(S.BEHAVIOR), value_set=pa.array(S.BEHAVIORS))).astype(np.int8)
+    ts = t.column(S.TS).combine_chunks()
+    ts_us = ts.cast(pa.int64()).to_numpy()
+    split = assign_split(user_start, user_len, ts_us, t.column(S.SPLIT).combine_chunks(), split_cfg["method"],
+                         split_cfg["k"], cutoffs)
+    events = pa.table({
+        S.USER_IDX: np.repeat(user_idx, user_len), S.ITEM_IDX: item_idx, S.BEHAVIOR: behavior, S.TS: ts,
+        S.SPLIT: split, S.USER_ID: user, S.ITEM_ID: t.column(S.ITEM_ID), S.SESSION_ID: t.column(S.SESSION_ID),
+        S.PRICE: t.column(S.PRICE),
+    })
+    name = f"part-{bucket:05d}.parquet"
+    io.write_parquet(S.conform(events, S.PREPARED_EVENTS, what="events"), io.join(out, "events", name))
+    first_ids = user.take(pa.array(user_start))
+    io.write_parquet(S.conform(pa.table({S.USER_IDX: user_idx, S.USER_ID: first_ids}), S.USER_VOCAB),
+                     io.join(out, "vocab", "users", name))
+    seqs = build_sequences(user_idx, first_ids, user_start, user_len, item_idx, behavior, ts, split, max_len)
+    io.write_parquet(seqs, io.join(out, "sequences", name))
+    return {"bucket": bucket, "users": len(user_start), "events": n,
+            "split": np.bincount(split, minlength=3).tolist(), "truncated_users": int((user_len > max_len).sum()),
+            "users_with_test": int((seqs.column("n_test").to_numpy() > 0).sum())}
+
+
+# --- items ------------------------------------------------------------------------------
+
+def build_items(event_items: list[pa.Table], catalogue: pa.Table | None, source: str
+                ) -> tuple[pa.Table, pa.Table, pa.Table | None, dict[str, int]]:
+    """Item vocabulary and prepared items table from event counts and the catalogue.
+
+    Event items come first, most events first (ties by id, so the order is
+    reproducible); catalogue items without events follow, so cold items are indexed
+    and reachable through their text.
+    """
+    parts = [t for t in event_items if t is not None and t.num_rows]
+    ev = aggregate(pa.concat_tables(parts), S.ITEM_ID, {S.COUNT: (S.COUNT, "sum"), **_LAST_ATTRS}) if parts else (
+        pa.table({S.ITEM_ID: pa.array([], pa.string()), S.COUNT: pa.array([], pa.int64())}))
+    ev = ev.sort_by([(S.COUNT, "descending"), (S.ITEM_ID, "ascending")])
+    stats = {"catalogue_rows": 0, "catalogue_kept": 0, "catalogue_quarantined": 0, "catalogue_duplicates_removed": 0,
+             "with_events": ev.num_rows, "catalogue_only": 0, "events_without_catalogue": ev.num_rows}
+    quarantined = None
+    ids = ev.column(S.ITEM_ID)
+    counts = ev.column(S.COUNT)
+    if catalogue is not None:
+        cat, quarantined, dups = validate_items(catalogue, source)
+        cat_ids = cat.column(S.ITEM_ID)
+        cold = cat.filter(pc.invert(pc.is_in(cat_ids, value_set=ids))).sort_by(S.ITEM_ID)
+        stats.update(catalogue_rows=catalogue.num_rows, catalogue_kept=cat.num_rows,
+                     catalogue_quarantined=quarantined.num_rows, catalogue_duplicates_removed=dups,
+                     catalogue_only=cold.num_rows,
+                     events_without_catalogue=int(pc.sum(pc.invert(pc.is_in(ids, value_set=cat_ids))).as_py() or 0))
+        ids = pa.concat_arrays([ids.combine_chunks(), cold.column(S.ITEM_ID).combine_chunks()])
+        counts = pa.concat_arrays([counts.combine_chunks().cast(pa.int64()), pa.array(np.zeros(cold.num_rows, np.int64))])
+    vocab = pa.table({S.ITEM_IDX: pa.array(np.arange(len(ids), dtype=np.int32)), S.ITEM_ID: ids, S.COUNT: counts})
+    vocab = S.conform(vocab, S.ITEM_VOCAB, what="item vocabulary")
+    # Attributes: the catalogue's where it has the item, else what the events carried.
+    table = vocab.select([S.ITEM_IDX, S.ITEM_ID])
+    from_events = ev.select([S.ITEM_ID, S.TITLE, S.CATEGORY, S.BRAND, S.PRICE]) if S.TITLE in ev.column_names else None
+    if catalogue is not None:
+        table = table.join(cat, S.ITEM_ID, join_type="left outer")
+        if from_events is not None:
+            table = table.join(from_events, S.ITEM_ID, join_type="left outer", right_suffix="_ev")
+            for c in (S.TITLE, S.CATEGORY, S.BRAND, S.PRICE):
+                merged = pc.coalesce(table.column(c), table.column(c + "_ev"))
+                table = table.set_column(table.column_names.index(c), c, merged).drop_columns([c + "_ev"])
+    elif from_events is not None:
+        table = table.join(from_events, S.ITEM_ID, join_type="left outer")
+    table = S.conform(table.sort_by(S.ITEM_IDX), S.PREPARED_ITEMS, what="items")
+    return vocab, table, quarantined, stats
+
+
+# --- the job -------------------------------------------------------------------------------
+
+def prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    """Run the preparation job on the connected Ray cluster; returns the report."""
+    import ray
+
+    start = time.time()
+    adapter = adapters.get(cfg.format)
+    fs, _ = io.filesystem(cfg.input)
+    files = (adapters._siblings(cfg.input) if cfg.format == "unisrec" else io.expand(cfg.input, adapter.extensions))
+    _check_inputs(adapter, files, fs, cfg)
+    catalogue = adapter.items(cfg.input, cfg.items)
+    buckets = cfg.buckets or auto_buckets(files, fs)
+    log.info("prepare: %d input file(s), format %s, %d buckets", len(files), cfg.format, buckets)
+
+    pub = io.Publication(cfg.out, overwrite=cfg.overwrite)
+    staging = io.join(pub.path, "_staging")
+    try:
+        out_fs, staged_inner = io.filesystem(io.join(staging, "staged"))
+        ds = _read(adapter, files, fs, cfg).map_batches(
+            stage_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+            fn_kwargs=dict(fmt=cfg.format, ts_unit=cfg.ts_unit, min_ts=cfg.min_ts, max_ts=cfg.max_ts,
+                           buckets=buckets, require_split=cfg.split.method == "given"))
+        log.info("prepare [1/3]: reading, validating and partitioning events")
+        try:
+            ds.write_parquet(staged_inner, filesystem=out_fs, partition_cols=[BUCKET])
+        except Exception as exc:  # surface the user's problem, not Ray's wrapper around it
+            cause = _root_cause(exc)
+            if isinstance(cause, InputError):
+                raise InputError(str(cause).splitlines()[0]) from None
+            bad = _locate_unreadable(adapter, files, fs)
+            if bad:
+                raise InputError(bad) from None
+            raise
+
+        log.info("prepare [2/3]: deduplicating %d buckets", buckets)
+        dedup = ray.remote(dedup_bucket)
+        refs = [dedup.remote(staging, b, 20_000, 0) for b in range(buckets)]
+        qref = ray.remote(quarantine_bucket).remote(staging, pub.path)
+        b1 = _gather(refs, "dedup")
+        quarantine = ray.get(qref)
+
+        vocab, items, items_quarantine, item_stats = build_items([r["items"] for r in b1], catalogue,
+                                                                 cfg.items or cfg.input)
+        io.write_parquet(vocab, io.join(pub.path, "vocab", "items.parquet"))
+        io.write_parquet(items, io.join(pub.path, "items", "part-00000.parquet"))
+        if items_quarantine is not None:
+            io.write_parquet(items_quarantine, io.join(pub.path, "quarantine", "items.parquet"))
+
+        cutoffs = resolve_cutoffs(cfg.split, b1)
+        log.info("prepare [3/3]: splitting (%s) and building sequences", cfg.split.method)
+        vocab_ref = ray.put(vocab.column(S.ITEM_ID).combine_chunks())
+        offsets = np.concatenate([[0], np.cumsum([r["users"] for r in b1])])
+        finish = ray.remote(finish_bucket)
+        refs = [finish.remote(staging, pub.path, r["bucket"], int(offsets[i]), vocab_ref,
+                              dataclasses.asdict(cfg.split), cutoffs, cfg.max_len) for i, r in enumerate(b1)]
+        b2 = _gather(refs, "finish")
+        sources = [adapters.unisrec_source(files)] if cfg.format == "unisrec" else files
+        report = make_report(cfg, sources, buckets, b1, b2, quarantine, item_stats, cutoffs, time.time() - start)
+        io.remove(staging)
+        io.write_json(report, io.join(pub.path, REPORT))
+        pub.commit()
+    except BaseException:
+        pub.abort()
+        raise
+    return report
+
+
+def _locate_unreadable(adapter: adapters.Adapter, files: list[str], fs: pafs.FileSystem) -> str | None:
+    """After a failed read, find the first file that cannot be parsed and say why.
+
+    Only runs on the failure path: reading every file again is the price of an error
+    message that names the file.
+    """
+    spec = adapter.read_spec(files, fs)
+    for f in files:
+        try:
+            if spec.kind == "csv":
+                with fs.open_input_stream(f, compression="detect") as stream:
+                    for _ in read_csv_stream(stream, f, spec.csv_read, spec.csv_parse, spec.csv_convert):
+                        pass
+            elif spec.kind == "parquet":
+                pq.read_metadata(f, filesystem=fs)
+            elif spec.kind == "json":
+                with fs.open_input_stream(f, compression="detect") as stream:
+                    pajson.read_json(stream)
+            elif spec.parse_file is not None:
+                with fs.open_input_stream(f) as stream:
+                    spec.parse_file(f, stream.read())
+        except InputError as exc:
+            return str(exc)
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"{f}: cannot read as {adapter.name} ({spec.kind}): {str(exc).splitlines()[0]}"
+    return None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = exc
+    while True:
+        nxt = getattr(seen, "cause", None) or seen.__cause__
+        if nxt is None or nxt is seen:
+            return seen
+        seen = nxt
+
+
+def _gather(refs: list, what: str) -> list[dict[str, Any]]:
+    import ray
+
+    results, pending = {}, list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        r = ray.get(done[0])
+        results[r["bucket"]] = r
+        if len(results) == len(refs) or len(results) % max(1, len(refs) // 10) == 0:
+            log.info("prepare: %s %d/%d buckets", what, len(results), len(refs))
+    return [results[b] for b in sorted(results)]
+
+
+def resolve_cutoffs(split: SplitConfig, b1: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+    """(valid_start, test_start) in microseconds for the time split, else (None, None)."""
+    if split.method != "time":
+        return None, None
+
+    def us(value: str) -> int:
+        t = dt.datetime.fromisoformat(value)
+        t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t
+        return int(t.timestamp() * 1_000_000)
+
+    if split.test_start:
+        test = us(split.test_start)
+        valid = us(split.valid_start) if split.valid_start else None
+        return valid, test
+    sample = np.concatenate([np.asarray(r["ts_sample"], np.int64) for r in b1 if len(r["ts_sample"])] or [[0]])
+    test = int(np.quantile(sample, 1 - split.test_frac))
+    valid = int(np.quantile(sample, 1 - split.test_frac - split.valid_frac)) if split.valid_frac else None
+    return valid, test
+
+
+def make_report(cfg, files, buckets, b1, b2, quarantine, item_stats, cutoffs, seconds) -> dict[str, Any]:
+    per_file: dict[str, dict[str, int]] = {}
+    for f in files:
+        per_file[f] = {"input": 0, "kept": 0, "quarantined": 0, "duplicates_removed": 0}
+    for r in b1:
+        for f, c in r["files"].items():
+            d = per_file.setdefault(f, {"input": 0, "kept": 0, "quarantined": 0, "duplicates_removed": 0})
+            d["kept"] += c["kept"]
+            d["duplicates_removed"] += c["duplicates_removed"]
+    for f, n in quarantine["files"].items():
+        per_file.setdefault(f, {"input": 0, "kept": 0, "quarantined": 0, "duplicates_removed": 0})["quarantined"] += n
+    for d in per_file.values():
+        d["input"] = d["kept"] + d["quarantined"] + d["duplicates_removed"]
+    total = {k: sum(d[k] for d in per_file.values()) for k in ("input", "kept", "quarantined", "duplicates_removed")}
+    kept_written = sum(r["events"] for r in b2)
+    if kept_written != total["kept"]:
+        raise RuntimeError(f"accounting mismatch: {total['kept']} kept events counted, {kept_written} written")
+    split_counts = np.sum([r["split"] for r in b2], axis=0).tolist() if b2 else [0, 0, 0]
+
+    def iso(us):
+        return None if us is None else dt.datetime.fromtimestamp(us / 1e6, dt.timezone.utc).isoformat()
+
+    return {
+        "config": dataclasses.asdict(cfg),
+        "schema_version": 1,
+        "files": per_file,
+        "total": total,
+        "quarantine_reasons": quarantine["reasons"],
+        "users": sum(r["users"] for r in b2),
+        "items": {"total": item_stats["with_events"] + item_stats["catalogue_only"], **item_stats},
+        "behaviors": list(S.BEHAVIORS),
+        "split": {"method": cfg.split.method, "valid_start": iso(cutoffs[0]), "test_start": iso(cutoffs[1]),
+                  "events": dict(zip(S.SPLITS, split_counts)),
+                  "users_with_test": sum(r.get("users_with_test", 0) for r in b2)},
+        "sequences": {"max_len": cfg.max_len, "truncated_users": sum(r["truncated_users"] for r in b2)},
+        "buckets": buckets,
+        "seconds": round(seconds, 2),
+    }
+
+
+def load_report(prepared: str) -> dict[str, Any]:
+    """The report of a prepared dataset; a clear error if the folder is not one."""
+    if not io.is_complete(prepared):
+        raise InputError(f"{prepared} is not a prepared dataset (no {io.SUCCESS}); run `interest prepare` first")
+    return io.read_json(io.join(prepared, REPORT))

@@ -1,0 +1,185 @@
+"""Paths on local disk or ``s3://``, file discovery, and atomic publication of outputs.
+
+S3 goes through s3fs, which honours the usual ``AWS_*`` credential variables; we pass
+``AWS_ENDPOINT_URL`` explicitly so any S3-compatible store (MinIO, moto, Ceph) works.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import posixpath
+import shutil
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+_HIDDEN = ("_", ".")
+
+
+class InputError(ValueError):
+    """An input path, file or format is unusable; the message names it."""
+
+
+def is_s3(path: str) -> bool:
+    return str(path).startswith(("s3://", "s3a://"))
+
+
+def s3fs_filesystem():
+    import s3fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """The Arrow filesystem for ``path`` and the path inside it (Ray Data takes both)."""
+    path = str(path)
+    if is_s3(path):
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(s3fs_filesystem()))
+        return fs, path.split("://", 1)[1]
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def _has_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def expand(path: str, extensions: tuple[str, ...] | None = None) -> list[str]:
+    """Files named by ``path``: a file, a folder (recursively) or a glob, sorted.
+
+    Files whose name starts with ``_`` or ``.`` (markers, hidden files) are skipped
+    inside folders. Paths come back in the filesystem's own form (no ``s3://``).
+    """
+    fs, inner = filesystem(path)
+    if _has_glob(inner):
+        root = inner
+        while _has_glob(root):
+            root = posixpath.dirname(root) if is_s3(path) else os.path.dirname(root)
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        files = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, inner)]
+        if not files:
+            raise InputError(f"no files match {path}")
+        return sorted(files)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"input not found: {path}")
+    if info.type == pafs.FileType.File:
+        return [inner]
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    files = [
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and not any(part.startswith(_HIDDEN) for part in os.path.relpath(i.path, inner).split(os.sep))
+        and (extensions is None or i.path.lower().endswith(extensions))
+    ]
+    if not files:
+        wanted = f" with extension {'/'.join(extensions)}" if extensions else ""
+        raise InputError(f"no input files{wanted} in folder {path}")
+    return sorted(files)
+
+
+def exists(path: str) -> bool:
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def makedirs(path: str) -> None:
+    fs, inner = filesystem(path)
+    fs.create_dir(inner, recursive=True)
+
+
+def remove(path: str) -> None:
+    fs, inner = filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(inner)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(inner)
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    fs, inner = filesystem(path)
+    fs.create_dir(posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner), recursive=True)
+    pq.write_table(table, inner, filesystem=fs)
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet file or a folder of them (small tables: vocabularies, reports)."""
+    fs, inner = filesystem(path)
+    return pq.read_table(inner, filesystem=fs, columns=columns)
+
+
+def write_json(obj: Any, path: str) -> None:
+    fs, inner = filesystem(path)
+    fs.create_dir(posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner), recursive=True)
+    with fs.open_output_stream(inner) as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as f:
+        return json.loads(f.read().decode())
+
+
+SUCCESS = "_SUCCESS"
+
+
+class Publication:
+    """Write a folder of outputs so readers see all of it or none of it.
+
+    Locally, outputs go to a hidden sibling folder renamed into place at the end
+    (one atomic ``rename``; an older version is moved aside first and deleted
+    after). S3 has no rename, so there outputs are written in place and a
+    ``_SUCCESS`` marker, written last, is what readers check (:func:`is_complete`).
+    """
+
+    def __init__(self, final: str, *, overwrite: bool = False):
+        self.final = str(final).rstrip("/")
+        if exists(join(self.final, SUCCESS)) or (exists(self.final) and not is_s3(self.final) and os.listdir(self.final)):
+            if not overwrite:
+                raise InputError(f"output {self.final} already exists; pass --overwrite to replace it")
+        if is_s3(self.final):
+            if exists(self.final):
+                remove(self.final)
+            self.path = self.final
+        else:
+            parent = os.path.dirname(os.path.abspath(self.final))
+            os.makedirs(parent, exist_ok=True)
+            self.path = os.path.join(parent, f".{os.path.basename(self.final)}.tmp-{uuid.uuid4().hex[:8]}")
+        makedirs(self.path)
+
+    def commit(self) -> str:
+        write_json({"complete": True}, join(self.path, SUCCESS))
+        if self.path != self.final:
+            old = None
+            if os.path.exists(self.final):
+                old = self.path + ".old"
+                os.replace(self.final, old)
+            os.replace(self.path, self.final)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        if self.path != self.final:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def is_complete(path: str) -> bool:
+    return exists(join(path, SUCCESS))

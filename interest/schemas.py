@@ -1,0 +1,193 @@
+"""Arrow schemas and column names of every table interest reads or writes.
+
+This module is the data contract. Readers, adapters, the preparation job, the
+synthetic generator and the tests all name columns through these constants, and
+every table is checked against its schema (:func:`conform`) before it is written.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- column names -----------------------------------------------------------------
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+BEHAVIOR = "behavior"
+TS = "ts"
+SESSION_ID = "session_id"
+PRICE = "price"
+TITLE = "title"
+CATEGORY = "category"
+BRAND = "brand"
+DESCRIPTION = "description"
+USER_IDX = "user_idx"
+ITEM_IDX = "item_idx"
+SPLIT = "split"
+COUNT = "count"
+SOURCE_FILE = "source_file"
+REASON = "reason"
+RECORD = "record"
+
+# --- vocabularies -------------------------------------------------------------------
+# Behaviour types in funnel order; the position is the integer code stored in
+# prepared sequences, so never reorder (append only).
+BEHAVIORS: tuple[str, ...] = ("view", "click", "fav", "cart", "buy")
+BEHAVIOR_CODE: dict[str, int] = {b: i for i, b in enumerate(BEHAVIORS)}
+
+# Source vocabularies mapped onto ours (Taobao `pv`, REES46 `purchase`, ...).
+BEHAVIOR_ALIASES: dict[str, str] = {
+    "pv": "view",
+    "page_view": "view",
+    "impression": "view",
+    "favorite": "fav",
+    "favourite": "fav",
+    "like": "fav",
+    "wishlist": "fav",
+    "add_to_cart": "cart",
+    "addtocart": "cart",
+    "purchase": "buy",
+    "order": "buy",
+    "transaction": "buy",
+}
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+SPLIT_CODE: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
+
+TS_TYPE = pa.timestamp("us", tz="UTC")
+
+# --- input contract -------------------------------------------------------------------
+EVENTS = pa.schema(
+    [
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field(BEHAVIOR, pa.string(), nullable=False),
+        pa.field(TS, TS_TYPE, nullable=False),
+        pa.field(SESSION_ID, pa.string()),
+        pa.field(PRICE, pa.float64()),
+    ]
+)
+EVENTS_REQUIRED = (USER_ID, ITEM_ID, BEHAVIOR, TS)
+
+ITEMS = pa.schema(
+    [
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field(TITLE, pa.string()),
+        pa.field(CATEGORY, pa.string()),
+        pa.field(BRAND, pa.string()),
+        pa.field(PRICE, pa.float64()),
+        pa.field(DESCRIPTION, pa.string()),
+    ]
+)
+ITEMS_REQUIRED = (ITEM_ID,)
+
+# --- internal: events after validation, before deduplication ---------------------------
+# `split` is set only by adapters whose source fixes the split (UniSRec files).
+STAGED_EVENTS = pa.schema(
+    list(EVENTS) + [pa.field(SPLIT, pa.string()), pa.field(SOURCE_FILE, pa.string())]
+)
+
+# --- prepared dataset -------------------------------------------------------------------
+PREPARED_EVENTS = pa.schema(
+    [
+        pa.field(USER_IDX, pa.int64(), nullable=False),
+        pa.field(ITEM_IDX, pa.int32(), nullable=False),
+        pa.field(BEHAVIOR, pa.int8(), nullable=False),
+        pa.field(TS, TS_TYPE, nullable=False),
+        pa.field(SPLIT, pa.int8(), nullable=False),
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field(SESSION_ID, pa.string()),
+        pa.field(PRICE, pa.float64()),
+    ]
+)
+
+# One row per user: the time-ordered history, capped at `max_len` most recent events.
+# The first `n_train` positions are training events, the next `n_valid` validation
+# events, the rest test events (the split is a suffix structure for both protocols).
+SEQUENCES = pa.schema(
+    [
+        pa.field(USER_IDX, pa.int64(), nullable=False),
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field("items", pa.list_(pa.int32()), nullable=False),
+        pa.field("behaviors", pa.list_(pa.int8()), nullable=False),
+        pa.field("ts", pa.list_(TS_TYPE), nullable=False),
+        pa.field("n_train", pa.int32(), nullable=False),
+        pa.field("n_valid", pa.int32(), nullable=False),
+        pa.field("n_test", pa.int32(), nullable=False),
+        pa.field("n_events", pa.int32(), nullable=False),  # before the length cap
+    ]
+)
+
+USER_VOCAB = pa.schema(
+    [pa.field(USER_IDX, pa.int64(), nullable=False), pa.field(USER_ID, pa.string(), nullable=False)]
+)
+# Items are indexed by training popularity (index 0 = most events), then catalogue
+# items nobody touched, so a model can treat a prefix of the index as "warm".
+ITEM_VOCAB = pa.schema(
+    [
+        pa.field(ITEM_IDX, pa.int32(), nullable=False),
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field(COUNT, pa.int64(), nullable=False),
+    ]
+)
+PREPARED_ITEMS = pa.schema([pa.field(ITEM_IDX, pa.int32(), nullable=False)] + list(ITEMS))
+
+# Rows that failed a check, with the original values (JSON, every value as text,
+# undecodable bytes escaped) and why.
+QUARANTINE = pa.schema(
+    [
+        pa.field(SOURCE_FILE, pa.string(), nullable=False),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(RECORD, pa.string(), nullable=False),
+    ]
+)
+
+# --- synthetic ground truth -------------------------------------------------------------
+GROUND_TRUTH = pa.schema(
+    [
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field("interests_early", pa.list_(pa.string()), nullable=False),
+        pa.field("interests_late", pa.list_(pa.string()), nullable=False),
+        pa.field("drift_at", TS_TYPE, nullable=False),
+    ]
+)
+TAXONOMY = pa.schema(
+    [
+        pa.field(CATEGORY, pa.string(), nullable=False),
+        pa.field("name_en", pa.string(), nullable=False),
+        pa.field("name_zh", pa.string(), nullable=False),
+        pa.field("parent", pa.string()),
+    ]
+)
+
+
+class SchemaError(ValueError):
+    """A table does not match the schema it is declared to have."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, *, what: str = "table") -> pa.Table:
+    """Return ``table`` with exactly ``schema``'s columns, in order and cast to its types.
+
+    Optional (nullable) columns that are absent are filled with nulls; a missing
+    required column, a null in a required column or a failed cast raise
+    :class:`SchemaError` naming ``what`` and the column.
+    """
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise SchemaError(f"{what}: required column {field.name!r} is missing")
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(
+                    f"{what}: column {field.name!r} has type {col.type}, expected {field.type}: {exc}"
+                ) from None
+        if not field.nullable and col.null_count:
+            raise SchemaError(f"{what}: required column {field.name!r} has {col.null_count} nulls")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -1,0 +1,54 @@
+"""What every job entrypoint shares: Ray start-up, logging, and error reporting.
+
+Only entrypoints start Ray; library code runs on whatever cluster it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from interest.config import ConfigError
+from interest.io import InputError
+from interest.schemas import SchemaError
+
+USER_ERRORS = (ConfigError, InputError, SchemaError)
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Ray")
+    group.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                       help="Ray cluster to join ('auto' inside `ray job submit`); default: start a local one")
+    group.add_argument("--num-cpus", type=int, default=None,
+                       help="logical CPUs of a local Ray (default: cores + 2, so Ray Data tasks are not "
+                            "starved by long-running workers)")
+
+
+def init_ray(args: argparse.Namespace) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if args.address:
+        ray.init(address=args.address, log_to_driver=True)
+        return
+    num_cpus = args.num_cpus or (os.cpu_count() or 1) + 2
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+             logging_level=logging.WARNING)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run(body: Callable[[], int]) -> int:
+    """Run a job body; user errors print one clear line and exit 2, not a traceback."""
+    try:
+        return body()
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
