@@ -112,10 +112,27 @@ def remove(path: str) -> None:
         fs.delete_file(inner)
 
 
-def write_parquet(table: pa.Table, path: str) -> None:
+def write_parquet(table: pa.Table, path: str, **kwargs) -> None:
     fs, inner = filesystem(path)
     fs.create_dir(posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner), recursive=True)
-    pq.write_table(table, inner, filesystem=fs)
+    pq.write_table(table, inner, filesystem=fs, **kwargs)
+
+
+def write_arrow(table: pa.Table, path: str) -> None:
+    """An Arrow IPC file (LZ4): for temporary, internal data, ~6x faster to write than Parquet."""
+    fs, inner = filesystem(path)
+    fs.create_dir(posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner), recursive=True)
+    with fs.open_output_stream(inner) as sink, pa.ipc.new_file(
+            sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+        writer.write_table(table)
+
+
+def read_arrow(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Every Arrow IPC file under the folder ``path``, concatenated."""
+    import pyarrow.dataset as pads
+
+    fs, inner = filesystem(path)
+    return pads.dataset(inner, format="arrow", filesystem=fs).to_table(columns=columns)
 
 
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:

@@ -157,7 +157,8 @@ def _parse_one(s: str | None, is_num: bool, scale: float) -> int | None:
         return None
     try:
         if is_num:
-            return int(round(float(s) * scale * 1e6))
+            us = float(s) * scale * 1e6
+            return int(round(us)) if abs(us) < 2.5e17 else None  # beyond ~year 9900: unparseable
         s = s.replace(" UTC", "+00:00").replace("Z", "+00:00")
         t = dt.datetime.fromisoformat(s)
         if t.tzinfo is None:

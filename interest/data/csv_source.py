@@ -1,7 +1,7 @@
-"""A Ray Data CSV source that quarantines malformed lines instead of failing the file.
+"""Streaming CSV reading that quarantines malformed lines instead of failing the file.
 
-Ray's own ``read_csv`` raises on the first line with the wrong number of fields
-(a truncated last line is common in exported logs). Here such lines are captured
+Arrow's CSV reader (and Ray's ``read_csv``) raises on the first line with the wrong
+number of fields (a truncated last line is common in exported logs). Here such lines are captured
 by Arrow's ``invalid_row_handler`` and yielded as rows of their own: every column
 null and :data:`MALFORMED` holding the line's text, so validation can quarantine
 them with everything else and the accounting still covers every input line.
@@ -13,26 +13,11 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from ray.data.datasource import FileBasedDatasource
 
 MALFORMED = "_malformed"
 
 
-class QuarantiningCSVDatasource(FileBasedDatasource):
-    _FILE_EXTENSIONS = ["csv", "csv.gz", "tsv", "txt", "inter"]
-
-    def __init__(self, paths, *, read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions,
-                 convert_options: pacsv.ConvertOptions, **kwargs):
-        super().__init__(paths, **kwargs)
-        self.read_options = read_options
-        self.parse_options = parse_options
-        self.convert_options = convert_options
-
-    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
-        yield from read_csv_stream(f, path, self.read_options, self.parse_options, self.convert_options)
-
-
-def read_csv_stream(f, path: str, read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions,
+def read_csv_stream(f, read_options: pacsv.ReadOptions, parse_options: pacsv.ParseOptions,
                     convert_options: pacsv.ConvertOptions) -> Iterator[pa.Table]:
     bad: list[str] = []
 
@@ -45,18 +30,9 @@ def read_csv_stream(f, path: str, read_options: pacsv.ReadOptions, parse_options
                                newlines_in_values=parse_options.newlines_in_values,
                                ignore_empty_lines=parse_options.ignore_empty_lines,
                                invalid_row_handler=on_invalid)
-    try:
-        reader = pacsv.open_csv(f, read_options=read_options, parse_options=parse, convert_options=convert_options)
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"{path}: cannot read as CSV: {str(exc).splitlines()[0]}") from None
+    reader = pacsv.open_csv(f, read_options=read_options, parse_options=parse, convert_options=convert_options)
     schema = reader.schema
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except pa.ArrowInvalid as exc:
-            raise ValueError(f"{path}: cannot read as CSV: {str(exc).splitlines()[0]}") from None
+    for batch in reader:
         table = pa.Table.from_batches([batch], schema=schema)
         yield table.append_column(MALFORMED, pa.nulls(table.num_rows, pa.string()))
         if bad:

@@ -4,13 +4,15 @@ The job runs in three passes so memory stays bounded however large the input:
 
 1. **stage** (Ray Data, streaming): read -> adapter -> validate -> write Parquet
    partitioned by ``hash(user_id) % buckets``; rows that fail a rule go to bucket -1
-   with their original values and reason. Nothing is collected on the driver.
-2. **dedup** (one Ray task per bucket): sort a bucket by user and time, drop exact
-   duplicates, count items. A bucket holds about ``rows / buckets`` events, so
-   ``buckets`` grows with the input and each task's memory does not.
-3. **finish** (one Ray task per bucket): map ids to indices (the item vocabulary is
-   built on the driver from per-bucket item counts: O(items), never O(events)), assign
-   the split, build capped per-user sequences, write the prepared tables.
+   with their original values and reason. The driver receives only per-file row
+   counts, per-item counts and a timestamp sample, never events.
+2. **count** (one Ray task per bucket, one column read): distinct users per bucket,
+   so user indices can be contiguous. The item vocabulary is built on the driver
+   from the item counts: O(items), never O(events).
+3. **finish** (one Ray task per bucket): sort by user and time, drop exact
+   duplicates, map ids to indices, assign the split, build capped per-user
+   sequences, write the prepared tables. A bucket holds about ``rows / buckets``
+   events, and ``buckets`` grows with the input, so each task's memory does not.
 
 The prepared folder (local or ``s3://``) is published atomically (:class:`io.Publication`):
 
@@ -31,22 +33,22 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+from ray.data import Datasink
 
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.data import adapters
 from interest.data.adapters import PATH_COL, InputError
-from interest.data.csv_source import MALFORMED, QuarantiningCSVDatasource, read_csv_stream
+from interest.data.csv_source import MALFORMED, read_csv_stream
 from interest.data.validate import Bounds, event_reasons, quarantine_table, validate_items
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,9 @@ STAGED = pa.schema(
     + [pa.field(S.CATEGORY, pa.string()), pa.field(S.BRAND, pa.string()), pa.field(S.TITLE, pa.string()),
        pa.field(S.REASON, pa.string()), pa.field(S.RECORD, pa.string()), pa.field(BUCKET, pa.int32())]
 )
-# A bucket's worth of input bytes; Parquet packs events about 5x denser than CSV.
-_BUCKET_BYTES = {"parquet": 12 << 20, "default": 64 << 20}
+# Events per bucket of the finish pass: its sort and copies take ~1 KB per event, so
+# four concurrent tasks stay near 1 GB.
+_BUCKET_ROWS = 250_000
 
 
 @dataclass
@@ -206,12 +209,100 @@ def _with_schema(cols: dict[str, Any], n: int) -> pa.Table:
         [cols[f.name].cast(f.type) if f.name in cols else pa.nulls(n, f.type) for f in STAGED], schema=STAGED)
 
 
-def bucket_of(user_ids: pa.Array, buckets: int) -> np.ndarray:
-    """Stable hash partition of users (same bucket on every worker and every run)."""
-    import pandas as pd
+_POLY = np.uint64(0x100000001B3)  # FNV-64 prime, as the base of a polynomial string hash
 
-    values = user_ids.to_numpy(zero_copy_only=False)
-    return (pd.util.hash_array(values, categorize=True) % np.uint64(buckets)).astype(np.int32)
+
+def bucket_of(user_ids: pa.Array, buckets: int) -> np.ndarray:
+    """Stable hash partition of users: the same bucket on every worker and every run.
+
+    A polynomial hash over the UTF-8 bytes, computed on Arrow's buffers with numpy (no
+    Python objects, so it costs milliseconds per million ids), then a murmur3 finaliser
+    so that ids differing only in their last characters spread over all buckets.
+    """
+    arr = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
+    # A user has many events: hash each distinct id once.
+    encoded = pc.dictionary_encode(arr)
+    return _hash_strings(encoded.dictionary, buckets)[np.asarray(pc.fill_null(encoded.indices, 0))] if len(
+        encoded.dictionary) else np.zeros(len(arr), np.int32)
+
+
+def _hash_strings(arr: pa.Array, buckets: int) -> np.ndarray:
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.int32)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset: arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    start, end = offsets[:-1], offsets[1:]
+    lengths = end - start
+    h = np.zeros(n, np.uint64)
+    if lengths.sum():
+        span = data[start[0]: end[-1]].astype(np.uint64) + np.uint64(1)
+        pos_in_string = np.arange(len(span)) - np.repeat(start - start[0], lengths)
+        powers = np.cumprod(np.full(int(lengths.max()), _POLY, np.uint64))
+        nonempty = lengths > 0
+        with np.errstate(over="ignore"):
+            h[nonempty] = np.add.reduceat(span * powers[pos_in_string], (start - start[0])[nonempty])
+    with np.errstate(over="ignore"):
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(33)
+    return (h % np.uint64(buckets)).astype(np.int32)
+
+
+class BucketSink(Datasink):
+    """Writes staged rows as one Parquet file per (write task, block, bucket).
+
+    Ray's partitioned ``write_parquet`` measured 3x slower here than writing each
+    bucket's slice directly, and staged files are temporary, so they are Arrow IPC
+    files (LZ4), about 6x faster to write than Parquet. Each
+    write also returns what the driver needs before the bucket pass, all of it
+    O(files + items), never O(events): rows per source file (the report's ``input``),
+    item event counts and attributes (the item vocabulary), and a sample of
+    timestamps (the time split's quantile cutoffs).
+    """
+
+    TS_SAMPLE = 2000  # per block: quantiles need a sample, not every timestamp
+
+    def __init__(self, root: str):
+        self.root = root
+        self.rows_by_source: dict[str, int] = {}
+        self.items: list[pa.Table] = []
+        self.ts_sample: list[np.ndarray] = []
+
+    def write(self, blocks, ctx) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        items, samples = [], []
+        for i, block in enumerate(blocks):
+            if block.num_rows == 0:
+                continue
+            bucket = block.column(BUCKET).to_numpy()
+            order = np.argsort(bucket, kind="stable")
+            block = block.take(pa.array(order)).drop_columns([BUCKET])
+            bounds = np.flatnonzero(np.diff(bucket[order])) + 1
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
+                part = io.join(self.root, f"{BUCKET}={int(bucket[order[lo]])}", f"{ctx.task_idx:05d}-{i:05d}.arrow")
+                io.write_arrow(block.slice(lo, hi - lo), part)
+            for source, n in _count_by(block.column(S.SOURCE_FILE)).items():
+                counts[source] = counts.get(source, 0) + n
+            kept = block.slice(int(np.searchsorted(bucket[order], 0)))  # quarantined rows (-1) sort first
+            if kept.num_rows:
+                items.append(aggregate(kept, S.ITEM_ID, {S.COUNT: (S.ITEM_ID, "count"), **_LAST_ATTRS}))
+                ts = kept.column(S.TS).combine_chunks().cast(pa.int64()).to_numpy()
+                rng = np.random.default_rng([ctx.task_idx, i])
+                samples.append(rng.choice(ts, size=min(self.TS_SAMPLE, len(ts)), replace=False))
+            del block, kept
+            pa.default_memory_pool().release_unused()
+        return {"sources": counts, "items": items, "ts_sample": samples}
+
+    def on_write_complete(self, write_result) -> None:
+        for r in write_result.write_returns:
+            for source, n in r["sources"].items():
+                self.rows_by_source[source] = self.rows_by_source.get(source, 0) + n
+            self.items.extend(r["items"])
+            self.ts_sample.extend(r["ts_sample"])
 
 
 def _check_inputs(adapter: adapters.Adapter, files: list[str], fs: pafs.FileSystem, cfg: PrepareConfig) -> None:
@@ -238,37 +329,62 @@ def _check_inputs(adapter: adapters.Adapter, files: list[str], fs: pafs.FileSyst
 
 
 def _read(adapter: adapters.Adapter, files: list[str], fs: pafs.FileSystem, cfg: PrepareConfig):
+    """A Ray Data dataset of raw batches, each with the path of its file.
+
+    One row per input file, read by :func:`read_files` in bounded batches. (Ray's own
+    ``read_parquet`` measured slower here and held on to memory across the files of
+    a task, so its memory grew with the input; this keeps one batch per task.)
+    """
     import ray.data
 
-    spec = adapter.read_spec(files, fs)
-    common = dict(filesystem=fs, include_paths=True)
-    if spec.kind == "csv":
-        source = QuarantiningCSVDatasource(files, read_options=spec.csv_read, parse_options=spec.csv_parse,
-                                           convert_options=spec.csv_convert, partitioning=None, **common)
-        return ray.data.read_datasource(source)
-    if spec.kind == "parquet":
-        return ray.data.read_parquet(files, partitioning=None, **common)
-    if spec.kind == "json":
-        return ray.data.read_json(files, partitioning=None, lines=True, **common)
-    if cfg.format == "unisrec":
+    if cfg.format == "unisrec":  # several small files make one set of sequences
         return ray.data.from_arrow(adapters.read_unisrec_events(cfg.input))
-    parse = spec.parse_file
+    spec = adapter.read_spec(files, fs)
+    return ray.data.from_items([{PATH_COL: f} for f in files], override_num_blocks=len(files)).map_batches(
+        read_files, fn_kwargs=dict(spec=spec, fs=fs, fmt=cfg.format), batch_size=1, batch_format="pyarrow")
 
-    def parse_files(batch: pa.Table) -> pa.Table:
-        tables = []
-        for path, data in zip(batch.column(PATH_COL).to_pylist(), batch.column("bytes").to_pylist()):
-            t = parse(path, data)
-            tables.append(t.append_column(PATH_COL, pa.array([path] * t.num_rows, pa.string())))
-        return pa.concat_tables(tables)
 
-    return ray.data.read_binary_files(files, partitioning=None, **common).map_batches(
-        parse_files, batch_format="pyarrow", batch_size=1)
+READ_BATCH_ROWS = 1 << 18  # bounds a staging task at a few hundred MB
+
+
+def read_files(batch: pa.Table, *, spec: adapters.ReadSpec, fs: pafs.FileSystem, fmt: str) -> Iterator[pa.Table]:
+    """Raw tables of the files named in ``batch``, at most ``READ_BATCH_ROWS`` rows each."""
+    for path in batch.column(PATH_COL).to_pylist():
+        try:
+            for table in _iter_file(path, spec, fs):
+                yield table.append_column(PATH_COL, pa.array([path] * table.num_rows, pa.string()))
+        except InputError:
+            raise
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read as {fmt} ({spec.kind}): {str(exc).splitlines()[0]}") from None
+
+
+def _iter_file(path: str, spec: adapters.ReadSpec, fs: pafs.FileSystem) -> Iterator[pa.Table]:
+    if spec.kind == "parquet":
+        with fs.open_input_file(path) as f:
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH_ROWS):
+                yield pa.Table.from_batches([rb])
+    elif spec.kind == "csv":
+        with fs.open_input_stream(path, compression="detect") as f:
+            yield from read_csv_stream(f, spec.csv_read, spec.csv_parse, spec.csv_convert)
+    elif spec.kind == "json":
+        with fs.open_input_stream(path, compression="detect") as f:
+            yield pajson.read_json(f)
+    else:
+        with fs.open_input_stream(path) as f:
+            yield spec.parse_file(path, f.read())
 
 
 def auto_buckets(files: list[str], fs: pafs.FileSystem) -> int:
-    total = sum(fs.get_file_info(f).size or 0 for f in files)
-    per = _BUCKET_BYTES["parquet"] if all(f.endswith((".parquet", ".pq")) for f in files) else _BUCKET_BYTES["default"]
-    return int(min(4096, max(4, math.ceil(total / per))))
+    """Enough buckets for about ``_BUCKET_ROWS`` events each, so a finish task's memory
+    is the same at 1M events as at 1B."""
+    rows = 0
+    for f in files:
+        if f.endswith((".parquet", ".pq")):
+            rows += pq.read_metadata(f, filesystem=fs).num_rows
+        else:  # text: ~40 bytes per event at the least (Taobao's rows), so this overestimates
+            rows += (fs.get_file_info(f).size or 0) // 40
+    return int(min(8192, max(4, math.ceil(rows / _BUCKET_ROWS))))
 
 
 # --- pass 2: dedup ------------------------------------------------------------------------
@@ -298,24 +414,21 @@ def _bucket_dir(staging: str, bucket: int) -> str:
     return io.join(staging, "staged", f"{BUCKET}={bucket}")
 
 
-def dedup_bucket(staging: str, bucket: int, sample: int, seed: int) -> dict[str, Any]:
+def _staged_columns() -> list[str]:
+    return [f.name for f in STAGED if f.name not in (S.REASON, S.RECORD, BUCKET)]
+
+
+def read_bucket(staging: str, bucket: int, columns: list[str]) -> pa.Table | None:
     path = _bucket_dir(staging, bucket)
     if not io.exists(path):
-        return {"bucket": bucket, "files": {}, "users": 0, "rows": 0, "items": None, "ts_sample": []}
-    cols = [f.name for f in STAGED if f.name not in (S.REASON, S.RECORD, BUCKET)]
-    t = io.read_parquet(path, columns=cols)
-    before = _count_by(t.column(S.SOURCE_FILE))
-    t, _ = dedup_table(t)
-    after = _count_by(t.column(S.SOURCE_FILE))
-    files = {f: {"kept": after.get(f, 0), "duplicates_removed": before[f] - after.get(f, 0)} for f in before}
-    io.write_parquet(t, io.join(staging, "dedup", f"part-{bucket:05d}.parquet"))
-    items = aggregate(t, S.ITEM_ID, {S.COUNT: (S.ITEM_ID, "count"), **_LAST_ATTRS})
-    users = pc.count_distinct(t.column(S.USER_ID)).as_py()
-    ts = t.column(S.TS).to_numpy()
-    rng = np.random.default_rng([seed, bucket])
-    ts_sample = rng.choice(ts, size=min(sample, len(ts)), replace=False) if len(ts) else ts
-    return {"bucket": bucket, "files": files, "users": users, "rows": t.num_rows, "items": items,
-            "ts_sample": ts_sample.astype("datetime64[us]").astype(np.int64)}
+        return None
+    return io.read_arrow(path, columns=columns)  # buckets >= 0 hold valid rows only
+
+
+def count_users(staging: str, bucket: int) -> dict[str, Any]:
+    """Distinct users of a bucket: one column read, so user indices can be contiguous."""
+    t = read_bucket(staging, bucket, [S.USER_ID])
+    return {"bucket": bucket, "users": 0 if t is None else pc.count_distinct(t.column(S.USER_ID)).as_py()}
 
 
 _LAST_ATTRS = {c: (c, "last") for c in (S.CATEGORY, S.BRAND, S.TITLE, S.PRICE)}
@@ -335,7 +448,7 @@ def _count_by(col) -> dict[str, int]:
 def quarantine_bucket(staging: str, out: str) -> dict[str, Any]:
     path = _bucket_dir(staging, -1)
     # Written even when empty, so queries over quarantine/ never fail for lack of a file.
-    t = io.read_parquet(path, columns=[S.SOURCE_FILE, S.REASON, S.RECORD]) if io.exists(path) else (
+    t = io.read_arrow(path, columns=[S.SOURCE_FILE, S.REASON, S.RECORD]) if io.exists(path) else (
         S.QUARANTINE.empty_table())
     io.write_parquet(S.conform(t, S.QUARANTINE, what="quarantine"), io.join(out, "quarantine", "events",
                                                                                 "part-00000.parquet"))
@@ -396,10 +509,16 @@ def build_sequences(user_idx: np.ndarray, user_ids: pa.Array, user_start: np.nda
 
 def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_ids: pa.Array,
                   split_cfg: dict[str, Any], cutoffs: tuple[int | None, int | None], max_len: int) -> dict[str, Any]:
-    path = io.join(staging, "dedup", f"part-{bucket:05d}.parquet")
-    if not io.exists(path):
-        return {"bucket": bucket, "users": 0, "events": 0, "split": [0, 0, 0], "truncated_users": 0}
-    t = io.read_parquet(path)  # sorted by user, time by dedup_bucket
+    """Deduplicate, index, split and write one bucket's events, users and sequences."""
+    empty = {"bucket": bucket, "users": 0, "events": 0, "split": [0, 0, 0], "truncated_users": 0,
+             "users_with_test": 0, "files": {}, "item_counts": (np.zeros(0, np.int64), np.zeros(0, np.int64))}
+    t = read_bucket(staging, bucket, _staged_columns())
+    if t is None or t.num_rows == 0:
+        return empty
+    before = _count_by(t.column(S.SOURCE_FILE))
+    t, _ = dedup_table(t)
+    after = _count_by(t.column(S.SOURCE_FILE))
+    files = {f: {"kept": after.get(f, 0), "duplicates_removed": before[f] - after.get(f, 0)} for f in before}
     n = t.num_rows
     user = t.column(S.USER_ID).combine_chunks()
     change = np.ones(n, bool)
@@ -426,9 +545,10 @@ def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_i
                      io.join(out, "vocab", "users", name))
     seqs = build_sequences(user_idx, first_ids, user_start, user_len, item_idx, behavior, ts, split, max_len)
     io.write_parquet(seqs, io.join(out, "sequences", name))
-    return {"bucket": bucket, "users": len(user_start), "events": n,
+    items, counts = np.unique(item_idx, return_counts=True)
+    return {"bucket": bucket, "users": len(user_start), "events": n, "files": files,
             "split": np.bincount(split, minlength=3).tolist(), "truncated_users": int((user_len > max_len).sum()),
-            "users_with_test": int((seqs.column("n_test").to_numpy() > 0).sum())}
+            "users_with_test": int((seqs.column("n_test").to_numpy() > 0).sum()), "item_counts": (items, counts)}
 
 
 # --- items ------------------------------------------------------------------------------
@@ -437,12 +557,13 @@ def build_items(event_items: list[pa.Table], catalogue: pa.Table | None, source:
                 ) -> tuple[pa.Table, pa.Table, pa.Table | None, dict[str, int]]:
     """Item vocabulary and prepared items table from event counts and the catalogue.
 
-    Event items come first, most events first (ties by id, so the order is
-    reproducible); catalogue items without events follow, so cold items are indexed
-    and reachable through their text.
+    Event items come first, most valid events first (ties by id, so the order is
+    reproducible; counted before deduplication, which runs later, per bucket);
+    catalogue items without events follow, so cold items are indexed and reachable
+    through their text. The vocabulary's ``count`` is filled in after deduplication.
     """
     parts = [t for t in event_items if t is not None and t.num_rows]
-    ev = aggregate(pa.concat_tables(parts), S.ITEM_ID, {S.COUNT: (S.COUNT, "sum"), **_LAST_ATTRS}) if parts else (
+    ev = aggregate(pa.concat_tables(parts, promote_options="permissive"), S.ITEM_ID, {S.COUNT: (S.COUNT, "sum"), **_LAST_ATTRS}) if parts else (
         pa.table({S.ITEM_ID: pa.array([], pa.string()), S.COUNT: pa.array([], pa.int64())}))
     ev = ev.sort_by([(S.COUNT, "descending"), (S.ITEM_ID, "ascending")])
     stats = {"catalogue_rows": 0, "catalogue_kept": 0, "catalogue_quarantined": 0, "catalogue_duplicates_removed": 0,
@@ -496,47 +617,47 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     pub = io.Publication(cfg.out, overwrite=cfg.overwrite)
     staging = io.join(pub.path, "_staging")
     try:
-        out_fs, staged_inner = io.filesystem(io.join(staging, "staged"))
         ds = _read(adapter, files, fs, cfg).map_batches(
             stage_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
             fn_kwargs=dict(fmt=cfg.format, ts_unit=cfg.ts_unit, min_ts=cfg.min_ts, max_ts=cfg.max_ts,
                            buckets=buckets, require_split=cfg.split.method == "given"))
         log.info("prepare [1/3]: reading, validating and partitioning events")
+        sink = BucketSink(io.join(staging, "staged"))
         try:
-            ds.write_parquet(staged_inner, filesystem=out_fs, partition_cols=[BUCKET])
+            ds.write_datasink(sink)
         except Exception as exc:  # surface the user's problem, not Ray's wrapper around it
             cause = _root_cause(exc)
             if isinstance(cause, InputError):
                 raise InputError(str(cause).splitlines()[0]) from None
-            bad = _locate_unreadable(adapter, files, fs)
-            if bad:
-                raise InputError(bad) from None
             raise
 
-        log.info("prepare [2/3]: deduplicating %d buckets", buckets)
-        dedup = ray.remote(dedup_bucket)
-        refs = [dedup.remote(staging, b, 20_000, 0) for b in range(buckets)]
+        log.info("prepare [2/3]: counting users of %d buckets", buckets)
+        refs = [ray.remote(count_users).remote(staging, b) for b in range(buckets)]
         qref = ray.remote(quarantine_bucket).remote(staging, pub.path)
-        b1 = _gather(refs, "dedup")
+        users = _gather(refs, "count")
         quarantine = ray.get(qref)
 
-        vocab, items, items_quarantine, item_stats = build_items([r["items"] for r in b1], catalogue,
-                                                                 cfg.items or cfg.input)
-        io.write_parquet(vocab, io.join(pub.path, "vocab", "items.parquet"))
+        vocab, items, items_quarantine, item_stats = build_items(sink.items, catalogue, cfg.items or cfg.input)
         io.write_parquet(items, io.join(pub.path, "items", "part-00000.parquet"))
         if items_quarantine is not None:
             io.write_parquet(items_quarantine, io.join(pub.path, "quarantine", "items.parquet"))
 
-        cutoffs = resolve_cutoffs(cfg.split, b1)
-        log.info("prepare [3/3]: splitting (%s) and building sequences", cfg.split.method)
+        cutoffs = resolve_cutoffs(cfg.split, sink.ts_sample)
+        log.info("prepare [3/3]: deduplicating, splitting (%s) and building sequences", cfg.split.method)
         vocab_ref = ray.put(vocab.column(S.ITEM_ID).combine_chunks())
-        offsets = np.concatenate([[0], np.cumsum([r["users"] for r in b1])])
+        offsets = np.concatenate([[0], np.cumsum([r["users"] for r in users])])
         finish = ray.remote(finish_bucket)
-        refs = [finish.remote(staging, pub.path, r["bucket"], int(offsets[i]), vocab_ref,
-                              dataclasses.asdict(cfg.split), cutoffs, cfg.max_len) for i, r in enumerate(b1)]
+        refs = [finish.remote(staging, pub.path, b, int(offsets[b]), vocab_ref, dataclasses.asdict(cfg.split),
+                              cutoffs, cfg.max_len) for b in range(buckets)]
         b2 = _gather(refs, "finish")
+        kept_counts = np.zeros(vocab.num_rows, np.int64)
+        for r in b2:
+            np.add.at(kept_counts, *r["item_counts"])
+        vocab = vocab.set_column(vocab.schema.get_field_index(S.COUNT), S.COUNT, pa.array(kept_counts))
+        io.write_parquet(vocab, io.join(pub.path, "vocab", "items.parquet"))
         sources = [adapters.unisrec_source(files)] if cfg.format == "unisrec" else files
-        report = make_report(cfg, sources, buckets, b1, b2, quarantine, item_stats, cutoffs, time.time() - start)
+        report = make_report(cfg, sources, sink.rows_by_source, buckets, b2, quarantine, item_stats, cutoffs,
+                             time.time() - start)
         io.remove(staging)
         io.write_json(report, io.join(pub.path, REPORT))
         pub.commit()
@@ -544,34 +665,6 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         pub.abort()
         raise
     return report
-
-
-def _locate_unreadable(adapter: adapters.Adapter, files: list[str], fs: pafs.FileSystem) -> str | None:
-    """After a failed read, find the first file that cannot be parsed and say why.
-
-    Only runs on the failure path: reading every file again is the price of an error
-    message that names the file.
-    """
-    spec = adapter.read_spec(files, fs)
-    for f in files:
-        try:
-            if spec.kind == "csv":
-                with fs.open_input_stream(f, compression="detect") as stream:
-                    for _ in read_csv_stream(stream, f, spec.csv_read, spec.csv_parse, spec.csv_convert):
-                        pass
-            elif spec.kind == "parquet":
-                pq.read_metadata(f, filesystem=fs)
-            elif spec.kind == "json":
-                with fs.open_input_stream(f, compression="detect") as stream:
-                    pajson.read_json(stream)
-            elif spec.parse_file is not None:
-                with fs.open_input_stream(f) as stream:
-                    spec.parse_file(f, stream.read())
-        except InputError as exc:
-            return str(exc)
-        except (pa.ArrowInvalid, OSError, UnicodeDecodeError, ValueError) as exc:
-            return f"{f}: cannot read as {adapter.name} ({spec.kind}): {str(exc).splitlines()[0]}"
-    return None
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -596,7 +689,7 @@ def _gather(refs: list, what: str) -> list[dict[str, Any]]:
     return [results[b] for b in sorted(results)]
 
 
-def resolve_cutoffs(split: SplitConfig, b1: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+def resolve_cutoffs(split: SplitConfig, ts_sample: list[np.ndarray]) -> tuple[int | None, int | None]:
     """(valid_start, test_start) in microseconds for the time split, else (None, None)."""
     if split.method != "time":
         return None, None
@@ -610,25 +703,29 @@ def resolve_cutoffs(split: SplitConfig, b1: list[dict[str, Any]]) -> tuple[int |
         test = us(split.test_start)
         valid = us(split.valid_start) if split.valid_start else None
         return valid, test
-    sample = np.concatenate([np.asarray(r["ts_sample"], np.int64) for r in b1 if len(r["ts_sample"])] or [[0]])
+    sample = np.concatenate([np.asarray(x, np.int64) for x in ts_sample if len(x)] or [np.zeros(1, np.int64)])
     test = int(np.quantile(sample, 1 - split.test_frac))
     valid = int(np.quantile(sample, 1 - split.test_frac - split.valid_frac)) if split.valid_frac else None
     return valid, test
 
 
-def make_report(cfg, files, buckets, b1, b2, quarantine, item_stats, cutoffs, seconds) -> dict[str, Any]:
-    per_file: dict[str, dict[str, int]] = {}
-    for f in files:
-        per_file[f] = {"input": 0, "kept": 0, "quarantined": 0, "duplicates_removed": 0}
-    for r in b1:
+def make_report(cfg, files, staged, buckets, b2, quarantine, item_stats, cutoffs, seconds) -> dict[str, Any]:
+    """The accounting of every input row, per file and in total, plus split and size figures.
+
+    ``input`` is what the staging pass wrote per source file; kept, quarantined and
+    duplicate counts come from the later passes, and they must add up.
+    """
+    per_file = {f: {"input": staged.get(f, 0), "kept": 0, "quarantined": 0, "duplicates_removed": 0}
+                for f in sorted(set(files) | set(staged))}
+    for r in b2:
         for f, c in r["files"].items():
-            d = per_file.setdefault(f, {"input": 0, "kept": 0, "quarantined": 0, "duplicates_removed": 0})
-            d["kept"] += c["kept"]
-            d["duplicates_removed"] += c["duplicates_removed"]
+            per_file[f]["kept"] += c["kept"]
+            per_file[f]["duplicates_removed"] += c["duplicates_removed"]
     for f, n in quarantine["files"].items():
-        per_file.setdefault(f, {"input": 0, "kept": 0, "quarantined": 0, "duplicates_removed": 0})["quarantined"] += n
-    for d in per_file.values():
-        d["input"] = d["kept"] + d["quarantined"] + d["duplicates_removed"]
+        per_file[f]["quarantined"] += n
+    for f, d in per_file.items():
+        if d["input"] != d["kept"] + d["quarantined"] + d["duplicates_removed"]:
+            raise RuntimeError(f"accounting mismatch for {f}: {d}")
     total = {k: sum(d[k] for d in per_file.values()) for k in ("input", "kept", "quarantined", "duplicates_removed")}
     kept_written = sum(r["events"] for r in b2)
     if kept_written != total["kept"]:

@@ -92,7 +92,8 @@ class SyntheticConfig:
         noise: share of sessions that browse a random category instead of an interest.
         drift: share of users whose interests change during the log.
         zh_titles: share of items with Chinese titles.
-        users_per_file: users per events Parquet file (bounds the generator's memory).
+        events_per_file: about this many events per file (bounds the generator's memory,
+            and gives readers files to parallelise over).
         format: ``parquet`` or ``csv`` for the events files.
     """
 
@@ -104,11 +105,11 @@ class SyntheticConfig:
     noise: float = 0.1
     drift: float = 0.3
     zh_titles: float = 0.2
-    users_per_file: int = 100_000
+    events_per_file: int = 250_000
     format: str = "parquet"
 
     def __post_init__(self):
-        for name in ("users", "items", "events", "days", "users_per_file"):
+        for name in ("users", "items", "events", "days", "events_per_file"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if self.items < len(leaf_categories()):
@@ -279,11 +280,12 @@ def generate(cfg: SyntheticConfig, out: str) -> dict:
     io.write_parquet(users.ground_truth(cfg), io.join(out, "ground_truth.parquet"))
     io.write_parquet(taxonomy_table(), io.join(out, "taxonomy.parquet"))
     total, n_files = 0, 0
-    blocks = range(0, cfg.users, cfg.users_per_file)
+    users_per_file = max(1, round(cfg.users * cfg.events_per_file / cfg.events))
+    blocks = range(0, cfg.users, users_per_file)
     for i, lo in enumerate(blocks):
         # Each file has its own stream, so files can be generated in any order.
         rng = np.random.default_rng([cfg.seed, i])
-        table = events_for(np.arange(lo, min(lo + cfg.users_per_file, cfg.users)), users, cat, cfg, rng, i)
+        table = events_for(np.arange(lo, min(lo + users_per_file, cfg.users)), users, cat, cfg, rng, i)
         if table.num_rows == 0:
             continue
         path = io.join(out, "events", f"part-{i:05d}.{'csv' if cfg.format == 'csv' else 'parquet'}")

@@ -1,0 +1,110 @@
+"""Shared by the bench scripts: dataset arguments, process-tree memory, tables, the JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+# Adapter and preparation settings for each dataset folder of ../shared/data.
+SHARED_DATASETS = {
+    "taobao_userbehavior_excerpt": ("taobao", ["split.method=time"]),
+    "rees46_2019oct_head": ("rees46", ["split.method=time"]),
+    "amazon_beauty_s3rec": ("s3rec", ["split.method=leave_last"]),
+    "amazon_beauty_bert4rec": ("sasrec", ["split.method=leave_last"]),
+    "amazon_scientific_unisrec": ("unisrec", ["split.method=given"]),
+    "movielens_100k": ("recbole", ["split.method=time"]),
+}
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="synthetic",
+                        help=f"'synthetic' or a folder of {SHARED}: {', '.join(SHARED_DATASETS)}")
+    parser.add_argument("--data", default=None, help="any input path instead of --dataset")
+    parser.add_argument("--format", default="events", help="adapter of --data (see `interest prepare --help`)")
+    parser.add_argument("--work", default=str(ROOT / "bench_out"), help="scratch folder")
+
+
+def dataset_input(args) -> tuple[str, str, list[str]]:
+    """(path, format, prepare overrides) for the chosen dataset."""
+    if args.data:
+        return args.data, args.format, []
+    if args.dataset not in SHARED_DATASETS:
+        sys.exit(f"unknown dataset {args.dataset!r}; choose synthetic or one of {', '.join(SHARED_DATASETS)}")
+    path = SHARED / args.dataset
+    if not path.exists():
+        sys.exit(f"{path} not found: the shared datasets live in ../shared/data beside the checkout")
+    if args.dataset == "amazon_beauty_s3rec":
+        path = path / "Beauty.txt"
+    if args.dataset == "amazon_beauty_bert4rec":
+        path = path / "beauty.txt"
+    if args.dataset == "movielens_100k":
+        path = path / "ml-100k.inter"
+    fmt, overrides = SHARED_DATASETS[args.dataset]
+    return str(path), fmt, overrides
+
+
+def _tree_pss(proc: psutil.Process) -> int:
+    """Proportional set size of a process and all its descendants, in bytes.
+
+    PSS, not RSS: Ray's processes share the object store's pages, and summing RSS
+    would count those pages once per process.
+    """
+    total = 0
+    for p in [proc] + proc.children(recursive=True):
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict | None = None, log: Path | None = None) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, peak memory of its process tree in MB)."""
+    start = time.perf_counter()
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not stop.is_set():
+            try:
+                peak = max(peak, _tree_pss(ps))
+            except psutil.NoSuchProcess:
+                return
+            stop.wait(0.25)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    rc = proc.wait()
+    stop.set()
+    t.join()
+    wall = time.perf_counter() - start
+    if rc != 0:
+        tail = Path(log).read_text()[-3000:] if log else ""
+        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}\n{tail}")
+    return wall, peak / 2**20
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for r in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+
+
+def emit_json(figures: dict) -> None:
+    print(json.dumps(figures))
