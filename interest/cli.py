@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import generate, prepare
+from ray_jobs import demo, generate, prepare
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
     "generate": (generate, "write a synthetic e-commerce log with planted interests"),
     "prepare": (prepare, "validate, deduplicate, index and split event logs on Ray Data"),
+    "demo": (demo, "run the pipeline on built-in synthetic data and a local Ray"),
 }
 
 

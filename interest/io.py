@@ -157,6 +157,14 @@ def read_json(path: str) -> Any:
 SUCCESS = "_SUCCESS"
 
 
+def check_writable(final: str, *, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless asked to."""
+    final = str(final).rstrip("/")
+    taken = exists(join(final, SUCCESS)) or (not is_s3(final) and os.path.isdir(final) and os.listdir(final))
+    if taken and not overwrite:
+        raise InputError(f"output {final} already exists; pass --overwrite to replace it")
+
+
 class Publication:
     """Write a folder of outputs so readers see all of it or none of it.
 
@@ -168,9 +176,7 @@ class Publication:
 
     def __init__(self, final: str, *, overwrite: bool = False):
         self.final = str(final).rstrip("/")
-        if exists(join(self.final, SUCCESS)) or (exists(self.final) and not is_s3(self.final) and os.listdir(self.final)):
-            if not overwrite:
-                raise InputError(f"output {self.final} already exists; pass --overwrite to replace it")
+        check_writable(self.final, overwrite=overwrite)
         if is_s3(self.final):
             if exists(self.final):
                 remove(self.final)

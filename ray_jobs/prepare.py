@@ -7,7 +7,7 @@ import sys
 
 from interest import config
 from interest.data import adapters
-from interest.data.prepare import PrepareConfig, prepare
+from interest.data.prepare import PrepareConfig, plan, prepare
 from ray_jobs._common import add_ray_args, init_ray, run, setup_logging
 
 FORMATS_HELP = "\n".join(f"  {a.name:8s} {a.help}" for a in adapters.ADAPTERS.values())
@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         cfg = config.load(PrepareConfig, args.config, args.set, base=dict(
             input=args.input, format=args.format, items=args.items, out=args.out, overwrite=args.overwrite))
+        checked = plan(cfg)  # input errors surface before Ray starts
         init_ray(args)
-        report = prepare(cfg)
+        report = prepare(cfg, checked)
         print_report(report, cfg.out)
         return 0
 

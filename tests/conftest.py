@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# S3 tests talk to a real S3 API (moto's server) through s3fs. The variables are set
+# before Ray starts, so its workers inherit them as they would on a configured cluster.
+S3_PORT = _free_port()
+os.environ.update({
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+})
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +70,28 @@ def prepared_small(synthetic_small, tmp_path_factory, ray_start_4_cpus) -> Path:
     prepare(PrepareConfig(input=str(synthetic_small / "events"), items=str(synthetic_small / "items.parquet"),
                           out=str(out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1; yields an s3fs filesystem with one bucket, ``test``."""
+    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(S3_PORT)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", S3_PORT), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto_server did not start")
+    from interest.io import s3fs_filesystem
+
+    fs = s3fs_filesystem()
+    fs.mkdir("test")
+    yield fs
+    proc.terminate()
+    proc.wait(10)

@@ -601,17 +601,37 @@ def build_items(event_items: list[pa.Table], catalogue: pa.Table | None, source:
 
 # --- the job -------------------------------------------------------------------------------
 
-def prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    """Run the preparation job on the connected Ray cluster; returns the report."""
-    import ray
+@dataclass
+class Plan:
+    """What :func:`plan` found: everything checked before any Ray work starts."""
 
-    start = time.time()
+    adapter: adapters.Adapter
+    fs: pafs.FileSystem
+    files: list[str]
+    catalogue: pa.Table | None
+    buckets: int
+
+
+def plan(cfg: PrepareConfig) -> Plan:
+    """Check inputs and output on the driver, without Ray: a bad path, file, column or an
+    existing output fails here, in seconds, with a message naming it."""
     adapter = adapters.get(cfg.format)
     fs, _ = io.filesystem(cfg.input)
     files = (adapters._siblings(cfg.input) if cfg.format == "unisrec" else io.expand(cfg.input, adapter.extensions))
     _check_inputs(adapter, files, fs, cfg)
+    io.check_writable(cfg.out, overwrite=cfg.overwrite)
     catalogue = adapter.items(cfg.input, cfg.items)
-    buckets = cfg.buckets or auto_buckets(files, fs)
+    return Plan(adapter, fs, files, catalogue, cfg.buckets or auto_buckets(files, fs))
+
+
+def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
+    """Run the preparation job on the connected Ray cluster; returns the report."""
+    import ray
+
+    start = time.time()
+    checked = checked or plan(cfg)
+    adapter, fs, files, catalogue, buckets = (checked.adapter, checked.fs, checked.files, checked.catalogue,
+                                              checked.buckets)
     log.info("prepare: %d input file(s), format %s, %d buckets", len(files), cfg.format, buckets)
 
     pub = io.Publication(cfg.out, overwrite=cfg.overwrite)
