@@ -142,3 +142,16 @@ def test_wrong_format_is_named(tmp_path, ray_start_4_cpus):
     (tmp_path / "e.csv").write_text("user_id,item_id,behavior,ts\nu,i,view,1704067200\n")
     with pytest.raises(InputError, match="e.csv: not a REES46 file, missing column"):
         prepare(PrepareConfig(input=str(tmp_path / "e.csv"), format="rees46", out=str(tmp_path / "o")))
+
+
+def test_json_lines_and_glob_inputs(tmp_path, ray_start_4_cpus):
+    rows = [{"user_id": "u1", "item_id": "i1", "behavior": "view", "ts": "2024-01-01T00:00:00Z"},
+            {"user_id": "u1", "item_id": "i2", "behavior": "buy", "ts": "2024-01-01T00:05:00Z", "price": 9.5},
+            {"user_id": "u2", "item_id": "i1", "behavior": "cart", "ts": 1704067200}]
+    (tmp_path / "day1.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
+    (tmp_path / "day2.jsonl").write_text(json.dumps(rows[2]) + "\n")
+    (tmp_path / "notes.txt").write_text("not an input")
+    report = prepare(PrepareConfig(input=str(tmp_path / "day*.jsonl"), out=str(tmp_path / "o")))
+    assert report["total"] == {"input": 3, "kept": 3, "quarantined": 0, "duplicates_removed": 0}
+    seqs = {r["user_id"]: r for r in read(tmp_path / "o" / "sequences").to_pylist()}
+    assert seqs["u1"]["behaviors"] == [0, 4] and seqs["u2"]["n_events"] == 1

@@ -159,26 +159,25 @@ class PrepareConfig:
 
 def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: str | None,
                 buckets: int, require_split: bool) -> pa.Table:
-    """Convert and validate one raw batch into staged rows (pure; runs in Ray Data)."""
+    """Convert and validate one raw batch into staged rows (pure; runs in Ray Data).
+
+    Valid rows get their user's bucket; quarantined rows get bucket -1, their reason
+    and their original values.
+    """
     adapter = adapters.get(fmt)
-    source = raw.column(PATH_COL).combine_chunks().cast(pa.string()) if PATH_COL in raw.column_names else (
-        pa.array(["<input>"] * raw.num_rows, pa.string()))
-    raw = raw.drop_columns([PATH_COL]) if PATH_COL in raw.column_names else raw
-    if MALFORMED in raw.column_names:
+    if PATH_COL in raw.column_names:
+        source = raw.column(PATH_COL).combine_chunks().cast(pa.string())
+        raw = raw.drop_columns([PATH_COL])
+    else:
+        source = pa.array(["<input>"] * raw.num_rows, pa.string())
+    parts = []
+    if MALFORMED in raw.column_names:  # lines the CSV reader could not split into fields
         malformed = pc.is_valid(raw.column(MALFORMED))
-        lines = raw.column(MALFORMED)
-        raw = raw.drop_columns([MALFORMED])
         if pc.any(malformed).as_py():
-            good_rows = pc.invert(malformed)
-            bad_lines = pa.table({"line": lines.filter(malformed)})
-            q = quarantine_table(bad_lines, pa.array(["malformed row"] * len(bad_lines), pa.string()),
-                                 source.filter(malformed))
-            rest = stage_batch(raw.filter(good_rows).append_column(PATH_COL, source.filter(good_rows)),
-                               fmt=fmt, ts_unit=ts_unit, min_ts=min_ts, max_ts=max_ts, buckets=buckets,
-                               require_split=require_split)
-            q_cols = {name: q.column(name) for name in q.column_names}
-            q_cols[BUCKET] = pa.array(np.full(q.num_rows, -1, np.int32))
-            return pa.concat_tables([rest, _with_schema(q_cols, q.num_rows)])
+            lines = pa.table({"line": raw.column(MALFORMED).filter(malformed)})
+            parts.append(_quarantined(lines, pa.array(["malformed row"] * lines.num_rows), source.filter(malformed)))
+            raw, source = raw.filter(pc.invert(malformed)), source.filter(pc.invert(malformed))
+        raw = raw.drop_columns([MALFORMED])
     missing = [c for c in adapter.required if c not in raw.column_names]
     if missing:
         name = source[0].as_py() if len(source) else "input"
@@ -193,15 +192,19 @@ def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: s
     bad = pc.is_valid(reasons)
     good = pc.invert(bad)
     kept = conv.filter(good)
-    user = kept.column(S.USER_ID).combine_chunks()
     kept_cols = {f.name: kept.column(f.name) for f in STAGED if f.name in kept.column_names}
     kept_cols[S.SOURCE_FILE] = source.filter(good)
-    kept_cols[BUCKET] = pa.array(bucket_of(user, buckets), pa.int32())
-    q = quarantine_table(raw.filter(bad), reasons.filter(bad), source.filter(bad))
-    q_cols = {name: q.column(name) for name in q.column_names}
-    q_cols[BUCKET] = pa.array(np.full(q.num_rows, -1, np.int32))
-    parts = [_with_schema(kept_cols, kept.num_rows), _with_schema(q_cols, q.num_rows)]
+    kept_cols[BUCKET] = pa.array(bucket_of(kept.column(S.USER_ID), buckets), pa.int32())
+    parts.append(_with_schema(kept_cols, kept.num_rows))
+    parts.append(_quarantined(raw.filter(bad), reasons.filter(bad), source.filter(bad)))
     return pa.concat_tables(parts)
+
+
+def _quarantined(raw: pa.Table, reasons: pa.Array, source: pa.Array) -> pa.Table:
+    q = quarantine_table(raw, reasons, source)
+    cols = {name: q.column(name) for name in q.column_names}
+    cols[BUCKET] = pa.array(np.full(q.num_rows, -1, np.int32))
+    return _with_schema(cols, q.num_rows)
 
 
 def _with_schema(cols: dict[str, Any], n: int) -> pa.Table:
@@ -253,7 +256,7 @@ def _hash_strings(arr: pa.Array, buckets: int) -> np.ndarray:
 
 
 class BucketSink(Datasink):
-    """Writes staged rows as one Parquet file per (write task, block, bucket).
+    """Writes staged rows as one file per (write task, block, bucket).
 
     Ray's partitioned ``write_parquet`` measured 3x slower here than writing each
     bucket's slice directly, and staged files are temporary, so they are Arrow IPC

@@ -1,0 +1,112 @@
+"""Ranking metrics over the whole catalogue, computed in chunks of users.
+
+A target's rank counts the items scored above it, and among equal scores the items
+with a lower index: a model that scores everything alike gets no credit for ties.
+Seen items (the user's history) are masked unless the protocol says otherwise; every
+number is reported with its protocol (:class:`Protocol`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a metric was computed; written beside every number.
+
+    Args:
+        ranking: ``full`` (against every item) or ``sampled-100`` (against 100 random
+            negatives; inflated, never to be compared with full-ranking numbers).
+        split: which held-out events are the targets (``valid`` or ``test``).
+        target: which event of the split is the target (``first``: leave-one-out).
+        mask_seen: items in the user's history cannot be recommended.
+    """
+
+    ranking: str = "full"
+    split: str = "test"
+    target: str = "first"
+    mask_seen: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, seen_rows: torch.Tensor | None = None,
+                      seen_cols: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each row's target among all columns of ``scores`` (B, I).
+
+    ``seen_rows``/``seen_cols`` list (row, item) pairs to mask; a masked target is
+    ranked after every unmasked item.
+    """
+    scores = scores.float().clone()
+    if seen_rows is not None and len(seen_rows):
+        scores[seen_rows, seen_cols] = float("-inf")
+    rows = torch.arange(len(targets), device=scores.device)
+    target_score = scores[rows, targets].unsqueeze(1)  # (B, 1)
+    higher = (scores > target_score).sum(1)
+    cols = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
+    tied_before = ((scores == target_score) & (cols < targets.unsqueeze(1))).sum(1)
+    return higher + tied_before
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {"users": int(len(ranks))}
+    if len(ranks) == 0:
+        return out
+    for k in ks:
+        hit = ranks < k
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
+    return out
+
+
+def full_ranking(score: Callable[[np.ndarray], torch.Tensor], users: np.ndarray, targets: np.ndarray,
+                 seen: list[np.ndarray], *, mask_seen: bool = True, chunk: int = 1024) -> np.ndarray:
+    """Ranks of ``targets`` for ``users``, scoring ``chunk`` users at a time.
+
+    ``score(user_positions)`` returns the (chunk, n_items) scores of those positions of
+    ``users``; memory is bounded by ``chunk * n_items`` floats.
+    """
+    out = []
+    for lo in range(0, len(users), chunk):
+        idx = np.arange(lo, min(lo + chunk, len(users)))
+        scores = score(idx)
+        rows, cols = _pairs([seen[i] for i in idx]) if mask_seen else (None, None)
+        if rows is not None:
+            rows, cols = rows.to(scores.device), cols.to(scores.device)
+        out.append(ranks_from_scores(scores, torch.as_tensor(targets[idx], device=scores.device), rows, cols).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
+
+
+def sampled_ranking(score: Callable[[np.ndarray], torch.Tensor], users: np.ndarray, targets: np.ndarray,
+                    seen: list[np.ndarray], n_items: int, *, negatives: int = 100, seed: int = 0,
+                    chunk: int = 1024) -> np.ndarray:
+    """Ranks among ``negatives`` random unseen items (the 'sampled' protocol; inflated)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for lo in range(0, len(users), chunk):
+        idx = np.arange(lo, min(lo + chunk, len(users)))
+        scores = score(idx)
+        for j, i in enumerate(idx):
+            banned = np.union1d(seen[i], [targets[i]])
+            cand = rng.choice(n_items, size=min(n_items, negatives + len(banned) + 8), replace=False)
+            cand = cand[~np.isin(cand, banned)][:negatives]
+            row = scores[j]
+            t = row[targets[i]]
+            out.append(int((row[torch.as_tensor(cand, device=row.device)] >= t).sum()))
+    return np.asarray(out, np.int64)
+
+
+def _pairs(seen: list[np.ndarray]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
+    if lengths.sum() == 0:
+        return None, None
+    rows = np.repeat(np.arange(len(seen)), lengths)
+    return torch.as_tensor(rows), torch.as_tensor(np.concatenate(seen).astype(np.int64))

@@ -1,0 +1,118 @@
+"""Next-action models: a causal self-attention encoder (SASRec line) and a GRU.
+
+Both read a user's time-ordered events as (item, behaviour, time gap) and predict, at
+every position, the next item (scores against the shared item embedding table) and
+the next behaviour type. Index 0 is padding; item ``i`` of the vocabulary is ``i + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+N_BEHAVIORS = 5
+# Time gaps to the previous event, in log2 buckets of seconds: 0 s, 1 s, 2-3 s, ...
+# 2^23 s (~3 months) and beyond share the last bucket. Bucket 0 is padding.
+N_GAP_BUCKETS = 26
+
+
+def gap_buckets(gap_seconds: torch.Tensor) -> torch.Tensor:
+    """(B, T) gaps in seconds -> bucket ids in [1, N_GAP_BUCKETS)."""
+    b = torch.floor(torch.log2(gap_seconds.float().clamp(min=0) + 1)).long() + 1
+    return b.clamp(max=N_GAP_BUCKETS - 1)
+
+
+@dataclass
+class SequenceModelConfig:
+    """Args:
+        kind: ``sasrec`` (causal self-attention) or ``gru``.
+        dim: embedding and hidden size.
+        layers: attention blocks or GRU layers.
+        heads: attention heads (``sasrec``).
+        dropout: on embeddings and inside blocks.
+        max_len: the most recent events a model reads.
+    """
+
+    kind: str = "sasrec"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 50
+
+
+PRESETS = {
+    "tiny": dict(dim=16, layers=1, heads=1, dropout=0.0, max_len=20),  # tests
+    "small": dict(dim=64, layers=2, heads=2, dropout=0.2, max_len=50),  # RecBole's SASRec size
+    "base": dict(dim=128, layers=2, heads=4, dropout=0.2, max_len=200),
+}
+
+
+class SequenceModel(nn.Module):
+    def __init__(self, n_items: int, cfg: SequenceModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.behavior = nn.Embedding(N_BEHAVIORS + 1, d, padding_idx=0)
+        self.gap = nn.Embedding(N_GAP_BUCKETS, d, padding_idx=0)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.kind == "sasrec":
+            self.pos = nn.Embedding(cfg.max_len, d)
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d if d < 256 else 2 * d, cfg.dropout,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        elif cfg.kind == "gru":
+            self.encoder = nn.GRU(d, d, cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0)
+        else:
+            raise ValueError(f"unknown sequence model kind {cfg.kind!r}; use sasrec or gru")
+        self.norm = nn.LayerNorm(d)
+        self.behavior_head = nn.Linear(d, N_BEHAVIORS)
+        nn.init.normal_(self.item.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def forward(self, items: torch.Tensor, behaviors: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-padded inputs -> (B, T, D) states; state t has seen events <= t."""
+        x = self.item(items) + self.behavior(behaviors) + self.gap(gaps)  # (B, T, D)
+        pad = items == 0
+        if self.cfg.kind == "sasrec":
+            t = items.shape[1]
+            x = x + self.pos(torch.arange(t, device=items.device))
+            causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=items.device), 1)
+            h = self.encoder(self.drop(x), mask=causal, src_key_padding_mask=pad, is_causal=True)
+        else:
+            h, _ = self.encoder(self.drop(x))
+        return self.norm(h).masked_fill(pad.unsqueeze(-1), 0.0)
+
+    def item_scores(self, states: torch.Tensor) -> torch.Tensor:
+        """(N, D) states -> (N, n_items) scores of every item (padding excluded)."""
+        return states @ self.item.weight[1:].t()
+
+    def behavior_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return self.behavior_head(states)
+
+
+def sampled_softmax_loss(states: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
+                         log_q: torch.Tensor, n_uniform: int) -> torch.Tensor:
+    """Cross-entropy over in-batch targets plus uniform negatives, with log-q correction.
+
+    ``states`` (N, D), ``targets`` (N,) item indices (0-based), ``log_q`` (n_items,) the
+    log sampling probability of every item as an in-batch negative (its popularity):
+    subtracting it keeps popular items from being over-penalised (Yi et al., 2019).
+    """
+    n_items = item_weight.shape[0]
+    uniform = torch.randint(0, n_items, (n_uniform,), device=states.device)
+    cand = torch.cat([targets, uniform])  # (N + U,)
+    logits = states @ item_weight[cand].t()  # (N, N + U)
+    correction = torch.cat([log_q[targets], torch.full((n_uniform,), -float(torch.log(torch.tensor(n_items))),
+                                                       device=states.device)])
+    logits = logits - correction
+    # Another row's target equal to mine is not a negative.
+    same = targets.unsqueeze(1) == cand.unsqueeze(0)
+    same[torch.arange(len(targets)), torch.arange(len(targets))] = False
+    logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(targets), device=states.device))
