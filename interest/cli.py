@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import demo, generate, prepare
+from ray_jobs import demo, evaluate, generate, prepare, train
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
     "generate": (generate, "write a synthetic e-commerce log with planted interests"),
     "prepare": (prepare, "validate, deduplicate, index and split event logs on Ray Data"),
+    "train": (train, "train a task (sequence, ...) with Ray Train"),
+    "evaluate": (evaluate, "full-ranking metrics of a trained run beside baselines"),
     "demo": (demo, "run the pipeline on built-in synthetic data and a local Ray"),
 }
 

@@ -1,0 +1,19 @@
+"""The task registry: every job (train, tune, score, evaluate) looks tasks up here."""
+
+from interest.tasks.base import Meta, Task, TrainConfig
+from interest.tasks.sequence.task import SequenceTask
+
+TASKS: dict[str, type[Task]] = {
+    "sequence": SequenceTask,
+}
+
+__all__ = ["TASKS", "Meta", "Task", "TrainConfig", "get_task"]
+
+
+def get_task(name: str) -> Task:
+    from interest.config import ConfigError
+
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None

@@ -62,8 +62,10 @@ class SequenceModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.kind == "sasrec":
             self.pos = nn.Embedding(cfg.max_len, d)
-            layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d if d < 256 else 2 * d, cfg.dropout,
-                                               activation="gelu", batch_first=True, norm_first=True)
+            # Point-wise feed-forward of width d, as in SASRec: 4d costs 4x the matmuls and
+            # dropout draws (CPU random numbers are slow) for no gain at these sizes.
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, d, cfg.dropout,
+                                               activation="relu", batch_first=True, norm_first=True)
             self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         elif cfg.kind == "gru":
             self.encoder = nn.GRU(d, d, cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0)
@@ -80,10 +82,17 @@ class SequenceModel(nn.Module):
         x = self.item(items) + self.behavior(behaviors) + self.gap(gaps)  # (B, T, D)
         pad = items == 0
         if self.cfg.kind == "sasrec":
-            t = items.shape[1]
-            x = x + self.pos(torch.arange(t, device=items.device))
-            causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=items.device), 1)
-            h = self.encoder(self.drop(x), mask=causal, src_key_padding_mask=pad, is_causal=True)
+            b, t = items.shape
+            # Positions count back from the latest event (0 = latest): windows are padded to
+            # different lengths, and the latest event must look the same in all of them.
+            x = x + self.pos(torch.arange(t - 1, -1, -1, device=items.device))
+            # Blocked (True) = a future key, or a padding key other than the query itself.
+            # Every query keeps itself, so no attention row is fully masked (that gives
+            # NaN, which zero attention weights do not cancel in the next layer).
+            eye = torch.eye(t, dtype=torch.bool, device=items.device)
+            blocked = torch.triu(torch.ones(t, t, dtype=torch.bool, device=items.device), 1) | pad.unsqueeze(1)
+            blocked = (blocked & ~eye).repeat_interleave(self.cfg.heads, 0)  # (B * heads, T, T)
+            h = self.encoder(self.drop(x), mask=blocked)
         else:
             h, _ = self.encoder(self.drop(x))
         return self.norm(h).masked_fill(pad.unsqueeze(-1), 0.0)

@@ -1,0 +1,217 @@
+"""Evaluate a trained run on held-out events, beside baselines computed in the same run.
+
+Targets, histories and masks are shared by the model and every baseline, so their
+numbers differ only by the scores. Users are streamed from the prepared dataset in
+batches; item scores exist for one batch at a time.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from interest import config as C
+from interest import io
+from interest import schemas as S
+from interest.evaluate.baselines import EASE, Popularity, interaction_matrix
+from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores
+from interest.tasks import get_task
+from interest.train import checkpoint as ckpt
+from interest.train.loop import load_meta
+
+log = logging.getLogger(__name__)
+KS = (1, 10, 20)
+EASE_LAMBDAS = (20.0, 50.0, 100.0, 250.0, 500.0)
+
+
+def latest_checkpoint(run: str) -> str:
+    found = sorted(p for p in glob.glob(os.path.join(run, "checkpoint_*")) if os.path.isdir(p))
+    if not found:
+        raise io.InputError(f"no checkpoint in {run}; train first (`interest train ... --out {run}`)")
+    return found[-1]
+
+
+def load_model(run: str, prepared: str, which: str = ckpt.BEST):
+    """(task, config, model in eval mode, training state) of the run's latest checkpoint."""
+    folder = latest_checkpoint(run)
+    state = ckpt.load_state(folder)
+    task = get_task(state["task"])
+    cfg = C.from_dict(task.config_cls, state["config"])
+    meta = load_meta(prepared)
+    model = task.build_model(cfg, meta)
+    try:
+        model.load_state_dict(ckpt.read_weights(folder, which))
+    except RuntimeError as exc:
+        raise io.InputError(f"{run} was trained on another dataset than {prepared}: {str(exc)[:200]}") from None
+    return task, cfg, model.eval(), state
+
+
+@dataclass
+class Collected:
+    """Per test user: target, history, model ranks and behaviour predictions."""
+
+    targets: list[np.ndarray] = field(default_factory=list)
+    target_behaviors: list[np.ndarray] = field(default_factory=list)
+    last_behaviors: list[np.ndarray] = field(default_factory=list)
+    histories: list[np.ndarray] = field(default_factory=list)
+    ranks: list[np.ndarray] = field(default_factory=list)
+    behavior_probs: list[np.ndarray] = field(default_factory=list)
+
+    def cat(self, name: str) -> np.ndarray:
+        parts = getattr(self, name)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _mask(history: list[np.ndarray], device="cpu"):
+    lengths = [len(h) for h in history]
+    if sum(lengths) == 0:
+        return None, None
+    return (torch.as_tensor(np.repeat(np.arange(len(history)), lengths), device=device),
+            torch.as_tensor(np.concatenate(history).astype(np.int64), device=device))
+
+
+def collect(task, model, cfg, prepared: str, protocol: Protocol, batch_size: int = 1024) -> Collected:
+    import ray.data
+
+    out = Collected()
+    ds = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        rows, scores, blogits, t_items, t_beh, history = task.predict(model, batch, cfg, torch.device("cpu"),
+                                                                      protocol.split)
+        if not len(rows):
+            continue
+        seen = _mask(history) if protocol.mask_seen else (None, None)
+        out.ranks.append(ranks_from_scores(scores, torch.as_tensor(t_items), *seen).numpy())
+        out.behavior_probs.append(torch.softmax(blogits, 1).numpy())
+        out.targets.append(t_items)
+        out.target_behaviors.append(t_beh)
+        ends = batch["n_train"][rows].astype(np.int64) + (batch["n_valid"][rows].astype(np.int64)
+                                                          if protocol.split == "test" else 0)
+        out.last_behaviors.append(np.array([batch["behaviors"][r][e - 1] for r, e in zip(rows, ends)], np.int64))
+        out.histories.extend(history)
+    return out
+
+
+def _baseline_ranks(scores_fn, c: Collected, protocol: Protocol, chunk: int = 1024) -> np.ndarray:
+    targets = c.cat("targets").astype(np.int64)
+    ranks = []
+    for lo in range(0, len(targets), chunk):
+        hi = min(lo + chunk, len(targets))
+        hist = c.histories[lo:hi]
+        seen = _mask(hist) if protocol.mask_seen else (None, None)
+        ranks.append(ranks_from_scores(scores_fn(lo, hi, hist), torch.as_tensor(targets[lo:hi]), *seen).numpy())
+    return np.concatenate(ranks) if ranks else np.zeros(0)
+
+
+def read_events(prepared: str, columns: list[str], splits: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Columns of the prepared events in ``splits`` (0 train, 1 valid, 2 test), streamed."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray.data
+
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    ds = ray.data.read_parquet(io.join(prepared, "events"), columns=list(dict.fromkeys(columns + [S.SPLIT])))
+    wanted = pa.array(splits, pa.int8())
+    for b in ds.iter_batches(batch_size=1 << 20, batch_format="pyarrow"):
+        b = b.filter(pc.is_in(b[S.SPLIT], value_set=wanted))
+        for c in columns:
+            parts[c].append(b[c].to_numpy())
+    return {c: np.concatenate(v) if v else np.zeros(0, np.int64) for c, v in parts.items()}
+
+
+def train_events(prepared: str, splits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    ev = read_events(prepared, [S.USER_IDX, S.ITEM_IDX], splits)
+    return ev[S.USER_IDX], ev[S.ITEM_IDX]
+
+
+def history_matrix(histories: list[np.ndarray], n_items: int) -> torch.Tensor:
+    lengths = [len(h) for h in histories]
+    rows = np.repeat(np.arange(len(histories)), lengths)
+    cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+    return interaction_matrix(rows, cols, len(histories), n_items)
+
+
+def ease_baseline(prepared: str, n_users: int, n_items: int, valid: Collected, test: Collected,
+                  protocol: Protocol, lambdas=EASE_LAMBDAS) -> dict[str, Any]:
+    """EASE with lambda chosen on the validation targets, refit on train + valid for test."""
+    if n_items > EASE.MAX_ITEMS:
+        return {"skipped": f"{n_items} items: above EASE's dense limit of {EASE.MAX_ITEMS}"}
+    u, i = train_events(prepared, (0,))
+    x = interaction_matrix(u, i, n_users, n_items)
+    best = None
+    for lam in lambdas:
+        model = EASE(lam).fit(x)
+        rows = lambda lo, hi, hist, m=model: m.score(history_matrix(hist, n_items))  # noqa: E731
+        m = metrics_from_ranks(_baseline_ranks(rows, valid, protocol), KS)
+        log.info("EASE lambda %g: valid ndcg@10 %.4f", lam, m.get("ndcg@10", 0))
+        if best is None or m.get("ndcg@10", 0) > best[1]:
+            best = (lam, m.get("ndcg@10", 0))
+    u, i = train_events(prepared, (0, 1))
+    model = EASE(best[0]).fit(interaction_matrix(u, i, n_users, n_items))
+    ranks = _baseline_ranks(lambda lo, hi, hist: model.score(history_matrix(hist, n_items)), test, protocol)
+    return {**metrics_from_ranks(ranks, KS), "lambda": best[0], "lambda_chosen_on": "valid ndcg@10"}
+
+
+def behavior_metrics(c: Collected, majority: int) -> dict[str, dict[str, float]]:
+    y = c.cat("target_behaviors").astype(np.int64)
+    if len(y) == 0:
+        return {}
+    probs = np.concatenate(c.behavior_probs)
+    last = c.cat("last_behaviors").astype(np.int64)
+    one_hot = np.eye(probs.shape[1])
+    return {
+        "model": {"accuracy": float((probs.argmax(1) == y).mean()), "macro_auc": macro_auc(y, probs)},
+        "majority": {"accuracy": float((y == majority).mean()), "macro_auc": macro_auc(y, one_hot[np.full_like(y, majority)])},
+        "repeat_last": {"accuracy": float((y == last).mean()), "macro_auc": macro_auc(y, one_hot[last])},
+    }
+
+
+def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """One-vs-rest ROC AUC averaged over the classes present with both outcomes (ties count half)."""
+    aucs = []
+    for k in range(scores.shape[1]):
+        pos = y == k
+        if pos.all() or not pos.any():
+            continue
+        s = scores[:, k]
+        order = np.argsort(s, kind="mergesort")
+        ranks = np.empty(len(s))
+        sorted_s = s[order]
+        # average ranks over ties
+        _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+        avg = first + (counts - 1) / 2.0 + 1
+        ranks[order] = np.repeat(avg, counts)
+        n_pos, n_neg = pos.sum(), (~pos).sum()
+        aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, baselines: tuple[str, ...] = ("popularity",),
+             batch_size: int = 1024) -> dict[str, Any]:
+    """Test metrics of a run and of the baselines, each with its protocol."""
+    start = time.time()
+    task, cfg, model, state = load_model(run, prepared)
+    meta = load_meta(prepared)
+    protocol = protocol or Protocol(mask_seen=cfg.mask_seen)
+    test = collect(task, model, cfg, prepared, protocol, batch_size)
+    results: dict[str, Any] = {"protocol": protocol.as_dict(), "run": run, "prepared": prepared,
+                               "best_epoch": state.get("best_epoch"), "model": metrics_from_ranks(test.cat("ranks"), KS)}
+    u, i = train_events(prepared, (0, 1))  # everything before the test events
+    pop = Popularity().fit(i, meta.n_items)
+    results["popularity"] = metrics_from_ranks(
+        _baseline_ranks(lambda lo, hi, hist: pop.score(hi - lo), test, protocol), KS)
+    if "ease" in baselines:
+        valid = collect(task, model, cfg, prepared, Protocol(**{**protocol.as_dict(), "split": "valid"}), batch_size)
+        results["ease"] = ease_baseline(prepared, meta.n_users, meta.n_items, valid, test, protocol)
+    train_behaviors = read_events(prepared, [S.BEHAVIOR], (0,))[S.BEHAVIOR].astype(np.int64)
+    majority = int(np.bincount(train_behaviors, minlength=len(S.BEHAVIORS)).argmax())
+    results["behavior"] = behavior_metrics(test, majority)
+    results["seconds"] = round(time.time() - start, 1)
+    return results

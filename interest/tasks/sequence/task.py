@@ -1,0 +1,177 @@
+"""Task ``sequence``: predict each user's next items and next behaviour type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from interest.config import ConfigError
+from interest.evaluate.metrics import ranks_from_scores
+from interest.tasks.base import Meta, Task, TrainConfig
+from interest.tasks.sequence.model import (PRESETS, SequenceModel, SequenceModelConfig, gap_buckets,
+                                           sampled_softmax_loss)
+
+LOSSES = ("full", "sampled")
+KS = (10, 20)
+
+
+@dataclass
+class SequenceConfig:
+    """Args:
+        model: architecture (``model.kind`` sasrec or gru); ``preset`` fills it from PRESETS.
+        train: optimisation.
+        loss: ``full`` softmax over the catalogue, or ``sampled`` (in-batch + uniform
+            negatives with log-q correction) for catalogues too large for it.
+        negatives: uniform negatives per step (``sampled``).
+        behavior_weight: weight of the next-behaviour loss beside the next-item loss.
+        mask_seen: validation masks items already in the user's history.
+    """
+
+    preset: str | None = None
+    model: SequenceModelConfig = field(default_factory=SequenceModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: str = "full"
+    negatives: int = 1024
+    behavior_weight: float = 0.2
+    mask_seen: bool = True
+
+    def __post_init__(self):
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            defaults = SequenceModelConfig()
+            for k, v in PRESETS[self.preset].items():
+                if getattr(self.model, k) == getattr(defaults, k):  # explicit settings win
+                    setattr(self.model, k, v)
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.model.kind not in ("sasrec", "gru"):
+            raise ConfigError(f"model.kind must be sasrec or gru, got {self.model.kind!r}")
+        if self.model.kind == "sasrec" and self.model.dim % self.model.heads:
+            raise ConfigError(f"model.dim ({self.model.dim}) must be divisible by model.heads ({self.model.heads})")
+
+
+def windows(batch: dict[str, np.ndarray], ends: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
+    """Left-padded (B, length) items+1, behaviours+1 and gap buckets of events [end-length, end)."""
+    n = len(ends)
+    items = np.zeros((n, length), np.int64)
+    behaviors = np.zeros((n, length), np.int64)
+    gaps = np.zeros((n, length), np.float64)
+    for r in range(n):
+        end = int(ends[r])
+        start = max(0, end - length)
+        k = end - start
+        if k <= 0:
+            continue
+        items[r, length - k:] = np.asarray(batch["items"][r][start:end]) + 1
+        behaviors[r, length - k:] = np.asarray(batch["behaviors"][r][start:end]) + 1
+        ts = np.asarray(batch["ts"][r][max(0, start - 1):end]).astype("datetime64[us]").astype(np.int64) / 1e6
+        g = np.diff(ts) if start > 0 else np.concatenate([[0.0], np.diff(ts)])
+        gaps[r, length - k:] = g
+    return items, behaviors, gaps
+
+
+def _tensors(device, *arrays):
+    return [torch.as_tensor(a, device=device) for a in arrays]
+
+
+def _core(model: nn.Module) -> SequenceModel:
+    return model.module if hasattr(model, "module") else model
+
+
+class SequenceTask(Task):
+    name = "sequence"
+    config_cls = SequenceConfig
+    LENGTH_GROUPS = 4
+
+    def build_model(self, cfg: SequenceConfig, meta: Meta) -> nn.Module:
+        return SequenceModel(meta.n_items, cfg.model)
+
+    def train_columns(self) -> list[str]:
+        return ["items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
+
+    def loss(self, model, batch, cfg: SequenceConfig, meta: Meta, device):
+        n_train = batch["n_train"].astype(np.int64)
+        keep = np.flatnonzero(n_train >= 2)  # a user needs an input and a target
+        if not len(keep):
+            return None, {}
+        # Users sorted by length and cut into groups, each padded to its own longest:
+        # most histories are short, and one long user would otherwise pad all of them.
+        keep = keep[np.argsort(n_train[keep], kind="stable")]
+        states, t_items, t_behaviors = [], [], []
+        for group in np.array_split(keep, min(len(keep), self.LENGTH_GROUPS)):
+            sub = {k: v[group] for k, v in batch.items()}
+            length = min(cfg.model.max_len + 1, int(n_train[group].max()))
+            items, behaviors, gaps = _tensors(device, *windows(sub, n_train[group], length))
+            h = model(items[:, :-1], behaviors[:, :-1], gap_buckets(gaps[:, :-1]))  # (B, T, D)
+            valid = (items[:, 1:] > 0) & (items[:, :-1] > 0)
+            states.append(h[valid])
+            t_items.append(items[:, 1:][valid] - 1)
+            t_behaviors.append(behaviors[:, 1:][valid] - 1)
+        s, t_item, t_behavior = torch.cat(states), torch.cat(t_items), torch.cat(t_behaviors)  # (N, D), (N,)
+        core = _core(model)
+        if cfg.loss == "full":
+            item_loss = F.cross_entropy(core.item_scores(s), t_item)
+        else:
+            log_q = torch.log(torch.as_tensor(meta.item_counts, dtype=torch.float32, device=device).clamp(min=1)
+                              / max(float(meta.item_counts.sum()), 1.0))
+            item_loss = sampled_softmax_loss(s, t_item, core.item.weight[1:], log_q, cfg.negatives)
+        behavior_loss = F.cross_entropy(core.behavior_logits(s), t_behavior)
+        loss = item_loss + cfg.behavior_weight * behavior_loss
+        return loss, {"item_loss": item_loss.item(), "behavior_loss": behavior_loss.item()}
+
+    @torch.no_grad()
+    def predict(self, model, batch, cfg: SequenceConfig, device, split: str = "valid"):
+        """States after each user's history and the held-out target of ``split``.
+
+        Returns (rows, item scores (U, I), behaviour logits (U, 5), target items,
+        target behaviours, histories) for the users that have a target.
+        """
+        n_train = batch["n_train"].astype(np.int64)
+        n_valid = batch["n_valid"].astype(np.int64)
+        ends = n_train if split == "valid" else n_train + n_valid
+        has = (n_valid > 0) if split == "valid" else (batch["n_test"].astype(np.int64) > 0)
+        has &= ends > 0
+        rows = np.flatnonzero(has)
+        if len(rows) == 0:
+            return rows, None, None, None, None, []
+        sub = {k: v[rows] for k, v in batch.items()}
+        ends = ends[rows]
+        items, behaviors, gaps = windows(sub, ends, min(cfg.model.max_len, int(ends.max())))
+        items, behaviors, gaps = _tensors(device, items, behaviors, gaps)
+        core = _core(model)
+        states = core(items, behaviors, gap_buckets(gaps))[:, -1]  # (U, D): after the last event
+        target_items = np.array([sub["items"][r][ends[r]] for r in range(len(rows))], np.int64)
+        target_behaviors = np.array([sub["behaviors"][r][ends[r]] for r in range(len(rows))], np.int64)
+        history = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
+        return (rows, core.item_scores(states), core.behavior_logits(states), target_items, target_behaviors,
+                history)
+
+    @torch.no_grad()
+    def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: SequenceConfig, meta: Meta, device,
+                 split: str = "valid") -> dict[str, float]:
+        sums = {f"{m}@{k}": 0.0 for k in KS for m in ("hr", "ndcg")} | {"mrr": 0.0, "behavior_acc": 0.0, "users": 0}
+        for batch in batches:
+            rows, scores, blogits, t_items, t_beh, history = self.predict(model, batch, cfg, device, split)
+            if not len(rows):
+                continue
+            seen_rows = seen_cols = None
+            if cfg.mask_seen:
+                lengths = [len(h) for h in history]
+                seen_rows = torch.as_tensor(np.repeat(np.arange(len(rows)), lengths), device=device)
+                seen_cols = torch.as_tensor(np.concatenate(history), device=device)
+            ranks = ranks_from_scores(scores, torch.as_tensor(t_items, device=device), seen_rows, seen_cols)
+            ranks = ranks.cpu().numpy().astype(np.float64)
+            for k in KS:
+                hit = ranks < k
+                sums[f"hr@{k}"] += float(hit.sum())
+                sums[f"ndcg@{k}"] += float(np.where(hit, 1 / np.log2(ranks + 2), 0).sum())
+            sums["mrr"] += float((1 / (ranks + 1)).sum())
+            sums["behavior_acc"] += float((blogits.argmax(1).cpu().numpy() == t_beh).sum())
+            sums["users"] += len(rows)
+        return sums

@@ -1,0 +1,160 @@
+"""One training loop for every task, on Ray Train (DDP: gloo on CPU, NCCL on GPU).
+
+The driver checks the configuration and the prepared dataset, then hands a plain-dict
+config to :func:`train_loop_per_worker`, which runs on every worker. Each worker
+streams its own shard of the prepared sequences through Ray Data; nothing is
+materialised on the driver. Every epoch ends with validation (summed over workers),
+early stopping on ``train.metric``, and a checkpoint (:mod:`interest.train.checkpoint`).
+Re-running with the same ``--out`` resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from interest import config as C
+from interest import io
+from interest import schemas as S
+from interest.data.prepare import load_report
+from interest.tasks import Meta, get_task
+from interest.train import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+
+
+def load_meta(prepared: str) -> Meta:
+    report = load_report(prepared)
+    counts = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.COUNT]).column(S.COUNT)
+    return Meta(n_items=report["items"]["total"], n_users=report["users"], item_counts=counts.to_numpy())
+
+
+def _allreduce(sums: dict[str, float]) -> dict[str, float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    task = get_task(config["task"])
+    cfg = C.from_dict(task.config_cls, config["cfg"])
+    tc = cfg.train
+    meta = load_meta(config["prepared"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(tc.seed)  # identical initial weights on every worker
+    model = task.build_model(cfg, meta)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "task": config["task"],
+             "config": config["cfg"], "prepared": config["prepared"]}
+    best = ckpt.weights(model)
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as folder:
+            state.update({k: v for k, v in ckpt.load_state(folder).items() if k in ("epoch", "best", "best_epoch",
+                                                                                 "bad_epochs")})
+            model.load_state_dict(ckpt.read_weights(folder))
+            best = ckpt.read_weights(folder, ckpt.BEST)
+            ckpt.load_optimizer(folder, optimizer)
+        state["resumed_from"] = state["epoch"]
+        log.info("resuming %s at epoch %d (best %s %.4f)", config["task"], state["epoch"], tc.metric, state["best"])
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    vocab = io.join(config["prepared"], "vocab", "items.parquet")
+
+    for epoch in range(state["epoch"], tc.epochs):
+        torch.manual_seed(tc.seed * 1000 + epoch * 10 + rank)  # dropout and sampling: repeatable
+        model.train()
+        start, losses, steps = time.perf_counter(), [], 0
+        for batch in train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
+                                              local_shuffle_buffer_size=tc.batch_size * 16,
+                                              local_shuffle_seed=tc.seed + epoch):
+            loss, _ = task.loss(model, batch, cfg, meta, device)
+            if loss is None:  # nothing to learn in this batch; still step together under DDP
+                loss = sum(p.sum() for p in model.parameters()) * 0.0
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            steps += 1
+        train_s = time.perf_counter() - start
+        model.eval()
+        sums = task.validate(model, valid_shard.iter_batches(batch_size=tc.eval_batch_size, batch_format="numpy"),
+                             cfg, meta, device, "valid")
+        metrics = task.metrics_from_sums(_allreduce(sums))
+        value = metrics.get(tc.metric, -math.inf)
+        if value > state["best"]:
+            state.update(best=value, best_epoch=epoch, bad_epochs=0)
+            best = ckpt.weights(model)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        report = {**{f"valid/{k}": v for k, v in metrics.items()}, "epoch": epoch, "train_s": train_s,
+                  "loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps,
+                  "best": state["best"], "best_epoch": state["best_epoch"]}
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if rank == 0:
+                ckpt.save(folder, model, best, optimizer, state, vocab)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(report, checkpoint=checkpoint)
+        if state["bad_epochs"] >= tc.patience:
+            break
+
+
+def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int):
+    """Everything that can be wrong with a training request, checked on the driver."""
+    task = get_task(task_name)
+    C.from_dict(task.config_cls, cfg_dict)  # unknown keys and bad types
+    meta = load_meta(prepared)  # not a prepared dataset
+    if meta.n_items < 2:
+        raise C.ConfigError(f"{prepared} has {meta.n_items} items; nothing to rank")
+    if num_workers < 1:
+        raise C.ConfigError("--num-workers must be >= 1")
+    return task
+
+
+def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, num_workers: int = 2,
+        use_gpu: bool = False, max_failures: int = 1):
+    """Train ``task_name`` on the connected Ray cluster; returns Ray Train's ``Result``.
+
+    Every check that can fail on the user's input runs here, before any worker starts.
+    """
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    task = check(task_name, prepared, cfg_dict, num_workers)
+    cfg = C.from_dict(task.config_cls, cfg_dict)
+    sequences = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
+    if cfg.train.cache:
+        sequences = sequences.materialize()  # blocks stay in the object store, not on the driver
+    out = str(out).rstrip("/")
+    run_dir = out if io.is_s3(out) else os.path.abspath(out)
+    parent, name = run_dir.rsplit("/", 1)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"task": task_name, "cfg": C.to_dict(cfg), "prepared": prepared},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        datasets={"train": sequences, "valid": sequences},
+        run_config=RunConfig(name=name, storage_path=parent,
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    return trainer.fit()

@@ -1,0 +1,54 @@
+"""``interest train``: train a task with Ray Train (DDP on CPU or GPU workers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from interest import config
+from interest.tasks import TASKS, get_task
+from ray_jobs._common import add_ray_args, init_ray, run, setup_logging
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="interest train", description=__doc__)
+    parser.add_argument("--task", required=True, choices=list(TASKS), help="which task to train")
+    parser.add_argument("--data", required=True, help="prepared dataset (from `interest prepare`)")
+    parser.add_argument("--out", required=True,
+                        help="run folder (local or s3://); an existing run resumes from its latest checkpoint")
+    parser.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP processes)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
+    parser.add_argument("--config", default=None, help="YAML file of the task's config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set preset=small --set train.epochs=20")
+    add_ray_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        from interest.train.loop import check, fit
+
+        task = get_task(args.task)
+        cfg = config.load(task.config_cls, args.config, args.set)
+        check(args.task, args.data, config.to_dict(cfg), args.num_workers)  # before any worker starts
+        init_ray(args)
+        result = fit(args.task, args.data, args.out, config.to_dict(cfg), num_workers=args.num_workers,
+                     use_gpu=args.use_gpu)
+        if result.error:
+            raise result.error
+        metrics = result.metrics or {}
+        print(f"run {args.out}: best {cfg.train.metric} {metrics.get('best', float('nan')):.4f} "
+              f"at epoch {metrics.get('best_epoch')}, {metrics.get('epoch', -1) + 1} epochs")
+        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
+        return 0
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

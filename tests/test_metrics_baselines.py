@@ -1,0 +1,73 @@
+"""Ranking metrics against a brute-force reference; EASE against a dense reference."""
+
+import numpy as np
+import torch
+
+from interest.evaluate.baselines import EASE, Popularity, interaction_matrix, select_rows
+from interest.evaluate.metrics import full_ranking, metrics_from_ranks, ranks_from_scores, sampled_ranking
+
+
+def brute_force_rank(scores, target, seen):
+    s = scores.copy()
+    s[list(seen)] = -np.inf
+    order = sorted(range(len(s)), key=lambda i: (-s[i], i))  # ties: lower index first
+    return order.index(target)
+
+
+def test_full_ranking_matches_brute_force_in_chunks():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 37, 23
+    scores = rng.integers(0, 5, (n_users, n_items)).astype(np.float32)  # many ties
+    targets = rng.integers(0, n_items, n_users)
+    seen = [rng.choice(n_items, rng.integers(0, 6), replace=False) for _ in range(n_users)]
+    seen = [s[s != t] for s, t in zip(seen, targets)]
+    ranks = full_ranking(lambda idx: torch.as_tensor(scores[idx]), np.arange(n_users), targets, seen, chunk=5)
+    assert ranks.tolist() == [brute_force_rank(scores[u], targets[u], seen[u]) for u in range(n_users)]
+
+
+def test_constant_scores_get_no_credit_for_ties():
+    ranks = ranks_from_scores(torch.zeros(3, 10), torch.tensor([0, 5, 9]))
+    assert ranks.tolist() == [0, 5, 9]
+
+
+def test_masked_target_ranks_last_among_unmasked():
+    ranks = ranks_from_scores(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
+    assert ranks.item() == 2
+
+
+def test_metric_values():
+    m = metrics_from_ranks(np.array([0, 1, 10, 50]), ks=(10,))
+    assert m["hr@10"] == 0.5
+    assert np.isclose(m["ndcg@10"], (1 + 1 / np.log2(3)) / 4)
+    assert np.isclose(m["mrr"], (1 + 1 / 2 + 1 / 11 + 1 / 51) / 4)
+
+
+def test_sampled_ranking_is_never_worse_than_full():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(20, 500)).astype(np.float32)
+    targets = rng.integers(0, 500, 20)
+    seen = [np.zeros(0, np.int64)] * 20
+    fn = lambda idx: torch.as_tensor(scores[idx])  # noqa: E731
+    full = full_ranking(fn, np.arange(20), targets, seen)
+    sampled = sampled_ranking(fn, np.arange(20), targets, seen, 500)
+    assert (sampled <= full).all() and sampled.max() <= 100
+
+
+def test_ease_matches_dense_reference():
+    rng = np.random.default_rng(2)
+    dense = (rng.random((30, 12)) < 0.3).astype(np.float64)
+    users, items = np.nonzero(dense)
+    x = interaction_matrix(users, items, 30, 12)
+    model = EASE(lam=5.0).fit(x)
+    g = dense.T @ dense + 5.0 * np.eye(12)
+    p = np.linalg.inv(g)
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    assert np.allclose(model.b_.numpy(), b, atol=1e-4)
+    rows = np.array([3, 7])
+    assert np.allclose(model.score(select_rows(x, rows)).numpy(), dense[rows] @ b, atol=1e-4)
+
+
+def test_popularity_counts_training_events():
+    pop = Popularity().fit(np.array([2, 2, 0]), n_items=4)
+    assert pop.score(2).tolist() == [[1, 0, 2, 0]] * 2
