@@ -15,7 +15,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,22 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="sequence task config, e.g. --set model.kind=gru (default preset=small)")
     args = parser.parse_args(argv)
-    path, fmt, overrides = dataset_input(args) if args.dataset != "synthetic" or args.data else (None, None, None)
     name = Path(args.data).name if args.data else args.dataset
     work = Path(args.work) / "quality_sequence" / name
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     prepared = work / "prepared"
     if args.dataset == "synthetic" and not args.data:
-        if not (prepared / "_SUCCESS").exists():
+        raw = work / "raw"
+        if not (raw / "items.parquet").exists():
             run_measured([py, "-m", "interest.cli", "generate", "--users", "5000", "--items", "3000", "--events",
-                          "200000", "--out", str(work / "raw")], log=work / "generate.log")
-            path, fmt, overrides = str(work / "raw" / "events"), "events", []
-            extra = ["--items", str(work / "raw" / "items.parquet")]
-        else:
-            extra = []
+                          "200000", "--out", str(raw)], log=work / "generate.log")
+        path, fmt, overrides, extra = str(raw / "events"), "events", [], ["--items", str(raw / "items.parquet")]
     else:
-        extra = []
+        (path, fmt, overrides), extra = dataset_input(args), []
     if not (prepared / "_SUCCESS").exists():
         sets = [x for o in overrides for x in ("--set", o)]
         run_measured([py, "-m", "interest.cli", "prepare", path, "--format", fmt, "--out", str(prepared),
@@ -60,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     run = work / "run"
     shutil.rmtree(run, ignore_errors=True)
     sets = [x for o in ["preset=small", *args.set] for x in ("--set", o)]
-    start = time.perf_counter()
     train_s, train_mb = run_measured([py, "-m", "interest.cli", "train", "--task", "sequence", "--data",
                                       str(prepared), "--out", str(run), "--num-workers", str(args.num_workers),
                                       *sets], env={"PYTHONUNBUFFERED": "1"}, log=work / "train.log")
@@ -93,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if results.get("behavior"):
         print("\nnext behaviour type:")
         print_table(["method", "accuracy", "macro AUC"],
-                    [[k, f"{v['accuracy']:.4f}", f"{v['macro_auc']:.4f}"] for k, v in results["behavior"].items()])
+                    [[k, f"{v['accuracy']:.4f}", "-" if v["macro_auc"] is None else f"{v['macro_auc']:.4f}"]
+                     for k, v in results["behavior"].items()])
         figures["behavior"] = results["behavior"]
     emit_json(figures)
     return 0

@@ -45,10 +45,14 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def run(body: Callable[[], int]) -> int:
-    """Run a job body; user errors print one clear line and exit 2, not a traceback."""
+def run_job(build_parser: Callable[[], argparse.ArgumentParser], body: Callable[[argparse.Namespace], int],
+            argv: list[str] | None) -> int:
+    """Parse ``argv``, set up logging and run ``body(args)``; user errors print one
+    clear line and exit 2, not a traceback."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
     try:
-        return body()
+        return body(args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

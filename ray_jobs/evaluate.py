@@ -8,7 +8,7 @@ import sys
 
 from interest import io
 from interest.evaluate.metrics import Protocol
-from ray_jobs._common import add_ray_args, init_ray, run, setup_logging
+from ray_jobs._common import add_ray_args, init_ray, run_job
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -41,27 +41,26 @@ def print_table(results: dict) -> None:
     if results.get("behavior"):
         print(f"\nnext behaviour type   {'accuracy':>8} {'macro AUC':>9}")
         for name, m in results["behavior"].items():
-            print(f"{name:<20} {m['accuracy']:>9.4f} {m['macro_auc']:>9.4f}")
+            auc = "-" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
+            print(f"{name:<20} {m['accuracy']:>9.4f} {auc:>9}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
+    return run_job(build_parser, _main, argv)
 
-    def body() -> int:
-        from interest.evaluate.harness import evaluate, latest_checkpoint
 
-        latest_checkpoint(args.run)  # fail before Ray starts
-        init_ray(args)
-        results = evaluate(args.run, args.data, protocol=Protocol(split=args.split, mask_seen=not args.no_mask_seen),
-                           baselines=tuple(b for b in args.baselines.split(",") if b))
-        out = args.out or io.join(args.run, f"metrics_{args.split}.json")
-        io.write_json(results, out)
-        print_table(results)
-        print(f"\nmetrics written to {out}")
-        return 0
+def _main(args: argparse.Namespace) -> int:
+    from interest.evaluate.harness import evaluate, latest_checkpoint
 
-    return run(body)
+    latest_checkpoint(args.run)  # fail before Ray starts
+    init_ray(args)
+    results = evaluate(args.run, args.data, protocol=Protocol(split=args.split, mask_seen=not args.no_mask_seen),
+                       baselines=tuple(b for b in args.baselines.split(",") if b))
+    out = args.out or io.join(args.run, f"metrics_{args.split}.json")
+    io.write_json(results, out)
+    print_table(results)
+    print(f"\nmetrics written to {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 
 from interest import config
 from interest.data.synthetic import SyntheticConfig, generate
-from ray_jobs._common import run, setup_logging
+from ray_jobs._common import run_job
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -25,19 +25,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
+    return run_job(build_parser, _main, argv)
 
-    def body() -> int:
-        cfg = config.load(SyntheticConfig, overrides=args.set, base=dict(
-            users=args.users, items=args.items, events=args.events, seed=args.seed, format=args.format))
-        summary = generate(cfg, args.out)
-        print(f"wrote {summary['events']:,} events of {summary['users']:,} users and {summary['items']:,} items "
-              f"to {args.out} (events/, items.parquet, ground_truth.parquet, taxonomy.parquet)")
-        print(json.dumps(summary))
-        return 0
 
-    return run(body)
+def _main(args: argparse.Namespace) -> int:
+    cfg = config.load(SyntheticConfig, overrides=args.set, base=dict(
+        users=args.users, items=args.items, events=args.events, seed=args.seed, format=args.format))
+    summary = generate(cfg, args.out)
+    print(f"wrote {summary['events']:,} events of {summary['users']:,} users and {summary['items']:,} items "
+          f"to {args.out} (events/, items.parquet, ground_truth.parquet, taxonomy.parquet)")
+    print(json.dumps(summary))
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 from interest import config
 from interest.data import adapters
 from interest.data.prepare import PrepareConfig, plan, prepare
-from ray_jobs._common import add_ray_args, init_ray, run, setup_logging
+from ray_jobs._common import add_ray_args, init_ray, run_job
 
 FORMATS_HELP = "\n".join(f"  {a.name:8s} {a.help}" for a in adapters.ADAPTERS.values())
 
@@ -51,19 +51,17 @@ def print_report(report: dict, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
+    return run_job(build_parser, _main, argv)
 
-    def body() -> int:
-        cfg = config.load(PrepareConfig, args.config, args.set, base=dict(
-            input=args.input, format=args.format, items=args.items, out=args.out, overwrite=args.overwrite))
-        checked = plan(cfg)  # input errors surface before Ray starts
-        init_ray(args)
-        report = prepare(cfg, checked)
-        print_report(report, cfg.out)
-        return 0
 
-    return run(body)
+def _main(args: argparse.Namespace) -> int:
+    cfg = config.load(PrepareConfig, args.config, args.set, base=dict(
+        input=args.input, format=args.format, items=args.items, out=args.out, overwrite=args.overwrite))
+    checked = plan(cfg)  # input errors surface before Ray starts
+    init_ray(args)
+    report = prepare(cfg, checked)
+    print_report(report, cfg.out)
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 
 from interest import config
 from interest.tasks import TASKS, get_task
-from ray_jobs._common import add_ray_args, init_ray, run, setup_logging
+from ray_jobs._common import add_ray_args, init_ray, run_job
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -27,27 +27,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
+    return run_job(build_parser, _main, argv)
 
-    def body() -> int:
-        from interest.train.loop import check, fit
 
-        task = get_task(args.task)
-        cfg = config.load(task.config_cls, args.config, args.set)
-        check(args.task, args.data, config.to_dict(cfg), args.num_workers)  # before any worker starts
-        init_ray(args)
-        result = fit(args.task, args.data, args.out, config.to_dict(cfg), num_workers=args.num_workers,
-                     use_gpu=args.use_gpu)
-        if result.error:
-            raise result.error
-        metrics = result.metrics or {}
-        print(f"run {args.out}: best {cfg.train.metric} {metrics.get('best', float('nan')):.4f} "
-              f"at epoch {metrics.get('best_epoch')}, {metrics.get('epoch', -1) + 1} epochs")
-        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
-        return 0
+def _main(args: argparse.Namespace) -> int:
+    from interest.train.loop import check, fit
 
-    return run(body)
+    task = get_task(args.task)
+    cfg = config.load(task.config_cls, args.config, args.set)
+    check(args.task, args.data, config.to_dict(cfg), args.num_workers)  # before any worker starts
+    init_ray(args)
+    result = fit(args.task, args.data, args.out, config.to_dict(cfg), num_workers=args.num_workers,
+                 use_gpu=args.use_gpu)
+    if result.error:
+        raise result.error
+    metrics = result.metrics or {}
+    print(f"run {args.out}: best {cfg.train.metric} {metrics.get('best', float('nan')):.4f} "
+          f"at epoch {metrics.get('best_epoch')}, {metrics.get('epoch', -1) + 1} epochs")
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
+    return 0
 
 
 if __name__ == "__main__":

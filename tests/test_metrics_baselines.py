@@ -71,3 +71,17 @@ def test_ease_matches_dense_reference():
 def test_popularity_counts_training_events():
     pop = Popularity().fit(np.array([2, 2, 0]), n_items=4)
     assert pop.score(2).tolist() == [[1, 0, 2, 0]] * 2
+
+
+def test_macro_auc_against_pairwise_definition_and_single_class():
+    from interest.evaluate.harness import macro_auc
+
+    y = np.array([0, 0, 1, 1, 2])
+    scores = np.array([[0.9, 0.1, 0], [0.4, 0.6, 0], [0.5, 0.5, 0], [0.2, 0.8, 0], [0.3, 0.3, 0.4]])
+
+    def pairwise(k):
+        pos, neg = scores[y == k, k], scores[y != k, k]
+        return np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+
+    assert np.isclose(macro_auc(y, scores), np.mean([pairwise(k) for k in range(3)]))
+    assert macro_auc(np.zeros(4, int), np.random.rand(4, 5)) is None

@@ -426,14 +426,10 @@ def _recbole_spec(files, fs):
 
 
 def _recbole_items(path: str, items_path: str | None) -> pa.Table | None:
-    if items_path is None:
-        candidates = [f for f in _siblings(path) if f.endswith(".item")]
-        if not candidates:
-            return None
-        items_path = candidates[0]
-    fs, inner = io.filesystem(items_path)
-    with fs.open_input_stream(inner) as f:
-        lines = f.read().decode("utf-8").splitlines()
+    data = _side_file(path, items_path, ".item")
+    if data is None:
+        return None
+    lines = data.decode("utf-8").splitlines()
     names = _recbole_names(lines[0].split("\t"))
     rows = [line.split("\t") for line in lines[1:] if line]
     cols = {name: [r[i] if i < len(r) else None for r in rows] for i, name in enumerate(names)}
@@ -448,6 +444,21 @@ def _recbole_items(path: str, items_path: str | None) -> pa.Table | None:
         if "release_year" in cols else None,
     }
     return pa.table({k: v for k, v in columns.items() if v is not None})
+
+
+def _side_file(path: str, items_path: str | None, suffix: str) -> bytes | None:
+    """The catalogue file: ``items_path`` if given, else the first file beside ``path``
+    whose name ends in ``suffix`` (None when there is none)."""
+    if items_path is not None:
+        fs, inner = io.filesystem(items_path)
+    else:
+        fs, _ = io.filesystem(path)
+        found = [f for f in _siblings(path) if f.endswith(suffix)]
+        if not found:
+            return None
+        inner = found[0]
+    with fs.open_input_stream(inner) as f:
+        return f.read()
 
 
 def _siblings(path: str) -> list[str]:
@@ -518,14 +529,10 @@ def _files_spec(parser):
 
 
 def _s3rec_items(path: str, items_path: str | None) -> pa.Table | None:
-    if items_path is None:
-        candidates = [f for f in _siblings(path) if f.endswith("item2attributes.json")]
-        if not candidates:
-            return None
-        items_path = candidates[0]
-    fs, inner = io.filesystem(items_path)
-    with fs.open_input_stream(inner) as f:
-        attrs = json.loads(f.read())
+    data = _side_file(path, items_path, "item2attributes.json")
+    if data is None:
+        return None
+    attrs = json.loads(data)
     ids = list(attrs)
     # Attribute ids only (categories and brand): kept in order as a "."-joined path.
     return pa.table({S.ITEM_ID: ids, S.CATEGORY: [".".join(str(a) for a in attrs[i]) for i in ids]})
@@ -618,12 +625,10 @@ def unisrec_source(files: list[str]) -> str:
 
 
 def _unisrec_items(path: str, items_path: str | None) -> pa.Table | None:
-    text_files = [items_path] if items_path else [f for f in _siblings(path) if f.endswith(".text")]
-    if not text_files:
+    data = _side_file(path, items_path, ".text")
+    if data is None:
         return None
-    fs, inner = io.filesystem(text_files[0])
-    with fs.open_input_stream(inner if items_path else text_files[0]) as f:
-        lines = f.read().decode("utf-8").splitlines()
+    lines = data.decode("utf-8").splitlines()
     ids, titles, cats, brands = [], [], [], []
     for line in lines[1:]:
         if not line:

@@ -21,7 +21,7 @@ from interest import config as C
 from interest import io
 from interest import schemas as S
 from interest.evaluate.baselines import EASE, Popularity, interaction_matrix
-from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores
+from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
 from interest.tasks import get_task
 from interest.train import checkpoint as ckpt
 from interest.train.loop import load_meta
@@ -69,14 +69,6 @@ class Collected:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _mask(history: list[np.ndarray], device="cpu"):
-    lengths = [len(h) for h in history]
-    if sum(lengths) == 0:
-        return None, None
-    return (torch.as_tensor(np.repeat(np.arange(len(history)), lengths), device=device),
-            torch.as_tensor(np.concatenate(history).astype(np.int64), device=device))
-
-
 def collect(task, model, cfg, prepared: str, protocol: Protocol, batch_size: int = 1024) -> Collected:
     import ray.data
 
@@ -87,7 +79,7 @@ def collect(task, model, cfg, prepared: str, protocol: Protocol, batch_size: int
                                                                       protocol.split)
         if not len(rows):
             continue
-        seen = _mask(history) if protocol.mask_seen else (None, None)
+        seen = seen_pairs(history) if protocol.mask_seen else (None, None)
         out.ranks.append(ranks_from_scores(scores, torch.as_tensor(t_items), *seen).numpy())
         out.behavior_probs.append(torch.softmax(blogits, 1).numpy())
         out.targets.append(t_items)
@@ -105,7 +97,7 @@ def _baseline_ranks(scores_fn, c: Collected, protocol: Protocol, chunk: int = 10
     for lo in range(0, len(targets), chunk):
         hi = min(lo + chunk, len(targets))
         hist = c.histories[lo:hi]
-        seen = _mask(hist) if protocol.mask_seen else (None, None)
+        seen = seen_pairs(hist) if protocol.mask_seen else (None, None)
         ranks.append(ranks_from_scores(scores_fn(lo, hi, hist), torch.as_tensor(targets[lo:hi]), *seen).numpy())
     return np.concatenate(ranks) if ranks else np.zeros(0)
 
@@ -173,8 +165,9 @@ def behavior_metrics(c: Collected, majority: int) -> dict[str, dict[str, float]]
     }
 
 
-def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """One-vs-rest ROC AUC averaged over the classes present with both outcomes (ties count half)."""
+def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
+    """One-vs-rest ROC AUC averaged over the classes present with both outcomes (ties count
+    half); None when no class has both (a single behaviour type, as in order-only data)."""
     aucs = []
     for k in range(scores.shape[1]):
         pos = y == k
@@ -190,7 +183,7 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
         ranks[order] = np.repeat(avg, counts)
         n_pos, n_neg = pos.sum(), (~pos).sum()
         aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return float(np.mean(aucs)) if aucs else float("nan")
+    return float(np.mean(aucs)) if aucs else None
 
 
 def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, baselines: tuple[str, ...] = ("popularity",),
@@ -203,8 +196,8 @@ def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, basel
     test = collect(task, model, cfg, prepared, protocol, batch_size)
     results: dict[str, Any] = {"protocol": protocol.as_dict(), "run": run, "prepared": prepared,
                                "best_epoch": state.get("best_epoch"), "model": metrics_from_ranks(test.cat("ranks"), KS)}
-    u, i = train_events(prepared, (0, 1))  # everything before the test events
-    pop = Popularity().fit(i, meta.n_items)
+    _, items = train_events(prepared, (0, 1))  # everything before the test events
+    pop = Popularity().fit(items, meta.n_items)
     results["popularity"] = metrics_from_ranks(
         _baseline_ranks(lambda lo, hi, hist: pop.score(hi - lo), test, protocol), KS)
     if "ease" in baselines:

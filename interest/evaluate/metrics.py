@@ -78,9 +78,7 @@ def full_ranking(score: Callable[[np.ndarray], torch.Tensor], users: np.ndarray,
     for lo in range(0, len(users), chunk):
         idx = np.arange(lo, min(lo + chunk, len(users)))
         scores = score(idx)
-        rows, cols = _pairs([seen[i] for i in idx]) if mask_seen else (None, None)
-        if rows is not None:
-            rows, cols = rows.to(scores.device), cols.to(scores.device)
+        rows, cols = seen_pairs([seen[i] for i in idx], scores.device) if mask_seen else (None, None)
         out.append(ranks_from_scores(scores, torch.as_tensor(targets[idx], device=scores.device), rows, cols).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
@@ -104,9 +102,11 @@ def sampled_ranking(score: Callable[[np.ndarray], torch.Tensor], users: np.ndarr
     return np.asarray(out, np.int64)
 
 
-def _pairs(seen: list[np.ndarray]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def seen_pairs(seen: list[np.ndarray], device="cpu") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(row, item) index tensors of the items to mask, one row per history in ``seen``."""
     lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
     if lengths.sum() == 0:
         return None, None
     rows = np.repeat(np.arange(len(seen)), lengths)
-    return torch.as_tensor(rows), torch.as_tensor(np.concatenate(seen).astype(np.int64))
+    return (torch.as_tensor(rows, device=device),
+            torch.as_tensor(np.concatenate(seen).astype(np.int64), device=device))

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from interest.config import ConfigError
-from interest.evaluate.metrics import ranks_from_scores
+from interest.evaluate.metrics import ranks_from_scores, seen_pairs
 from interest.tasks.base import Meta, Task, TrainConfig
 from interest.tasks.sequence.model import (PRESETS, SequenceModel, SequenceModelConfig, gap_buckets,
                                            sampled_softmax_loss)
@@ -160,12 +160,8 @@ class SequenceTask(Task):
             rows, scores, blogits, t_items, t_beh, history = self.predict(model, batch, cfg, device, split)
             if not len(rows):
                 continue
-            seen_rows = seen_cols = None
-            if cfg.mask_seen:
-                lengths = [len(h) for h in history]
-                seen_rows = torch.as_tensor(np.repeat(np.arange(len(rows)), lengths), device=device)
-                seen_cols = torch.as_tensor(np.concatenate(history), device=device)
-            ranks = ranks_from_scores(scores, torch.as_tensor(t_items, device=device), seen_rows, seen_cols)
+            seen = seen_pairs(history, device) if cfg.mask_seen else (None, None)
+            ranks = ranks_from_scores(scores, torch.as_tensor(t_items, device=device), *seen)
             ranks = ranks.cpu().numpy().astype(np.float64)
             for k in KS:
                 hit = ranks < k
