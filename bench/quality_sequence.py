@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     train_s, train_mb = run_measured([py, "-m", "interest.cli", "train", "--task", "sequence", "--data",
                                       str(prepared), "--out", str(run), "--num-workers", str(args.num_workers),
                                       *sets], env={"PYTHONUNBUFFERED": "1"}, log=work / "train.log")
-    final = json.loads((work / "train.log").read_text().strip().splitlines()[-1])
+    # The job's last JSON line (Ray's own processes may log after it).
+    final = json.loads(next(line for line in reversed((work / "train.log").read_text().splitlines())
+                            if line.startswith("{")))
     epochs = int(final["epoch"]) + 1
     run_measured([py, "-m", "interest.cli", "evaluate", "--run", str(run), "--data", str(prepared),
                   "--baselines", args.baselines], log=work / "evaluate.log")

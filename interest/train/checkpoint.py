@@ -17,8 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from interest import io
 
-MODEL, BEST, OPTIMIZER, STATE, VOCAB = "model.safetensors", "best.safetensors", "optimizer.pt", "state.json", \
-    "items.parquet"
+MODEL = "model.safetensors"
+BEST = "best.safetensors"
+OPTIMIZER = "optimizer.pt"
+STATE = "state.json"
+VOCAB = "items.parquet"
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
