@@ -27,7 +27,7 @@ import datetime as dt
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -217,7 +217,6 @@ class Adapter:
     read_spec: Callable[[list[str], "pafs.FileSystem"], ReadSpec]
     # Catalogue on the side (e.g. item2attributes.json); None when items come from events.
     items: Callable[[str, str | None], pa.Table | None] = lambda path, items_path: None
-    select: Callable[[list[str]], list[str]] = field(default=lambda files: files)
 
 
 def _binary_csv(names: list[str], *, delimiter: str = ",", header: bool) -> tuple:
