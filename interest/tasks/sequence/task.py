@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from interest.config import ConfigError
-from interest.evaluate.metrics import ranks_from_scores, seen_pairs
+from interest.evaluate.metrics import metrics_from_ranks, ranks_from_scores, seen_pairs
 from interest.tasks.base import Meta, Task, TrainConfig
 from interest.tasks.sequence.model import (PRESETS, SequenceModel, SequenceModelConfig, gap_buckets,
                                            sampled_softmax_loss)
@@ -162,12 +162,9 @@ class SequenceTask(Task):
                 continue
             seen = seen_pairs(history, device) if cfg.mask_seen else (None, None)
             ranks = ranks_from_scores(scores, torch.as_tensor(t_items, device=device), *seen)
-            ranks = ranks.cpu().numpy().astype(np.float64)
-            for k in KS:
-                hit = ranks < k
-                sums[f"hr@{k}"] += float(hit.sum())
-                sums[f"ndcg@{k}"] += float(np.where(hit, 1 / np.log2(ranks + 2), 0).sum())
-            sums["mrr"] += float((1 / (ranks + 1)).sum())
+            means = metrics_from_ranks(ranks.cpu().numpy(), KS)
+            for key in sums.keys() & means.keys() - {"users"}:
+                sums[key] += means[key] * len(rows)  # sums, so that workers' results can be added
             sums["behavior_acc"] += float((blogits.argmax(1).cpu().numpy() == t_beh).sum())
             sums["users"] += len(rows)
         return sums
