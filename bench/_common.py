@@ -53,6 +53,32 @@ def dataset_input(args) -> tuple[str, str, list[str]]:
     return str(path), fmt, overrides
 
 
+def prepared_dataset(args, work: Path, synthetic_split: str = "leave_last") -> tuple[Path, Path | None]:
+    """Prepare the chosen dataset once under ``work`` (reused by later runs); returns the
+    prepared folder and, for ``synthetic``, the generated raw folder."""
+    py = sys.executable
+    prepared, raw = work / "prepared", None
+    if args.dataset == "synthetic" and not args.data:
+        raw = work / "raw"
+        if not (raw / "items.parquet").exists():
+            run_measured([py, "-m", "interest.cli", "generate", "--users", "5000", "--items", "3000", "--events",
+                          "200000", "--out", str(raw)], log=work / "generate.log")
+        path, fmt, overrides, extra = str(raw / "events"), "events", [f"split.method={synthetic_split}"], [
+            "--items", str(raw / "items.parquet")]
+    else:
+        (path, fmt, overrides), extra = dataset_input(args), []
+    if not (prepared / "_SUCCESS").exists():
+        sets = [x for o in overrides for x in ("--set", o)]
+        run_measured([py, "-m", "interest.cli", "prepare", path, "--format", fmt, "--out", str(prepared),
+                      "--overwrite", *sets, *extra], log=work / "prepare.log")
+    return prepared, raw
+
+
+def last_json(log: Path) -> dict:
+    """The last JSON line a job printed (Ray's own processes may log after it)."""
+    return json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith("{")))
+
+
 def _tree_pss(proc: psutil.Process) -> int:
     """Proportional set size of a process and all its descendants, in bytes.
 

@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_dataset_args, dataset_input, emit_json, print_table, run_measured  # noqa: E402
+from _common import add_dataset_args, emit_json, last_json, prepared_dataset, print_table, run_measured  # noqa: E402
+
+from ray_jobs.evaluate import METHODS  # noqa: E402
 
 # Published full-ranking HR@10 / NDCG@10 on exactly these files (../shared/data/README.md).
 PUBLISHED = {
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(parser)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--baselines", default="popularity,ease")
+    parser.add_argument("--baselines", default="popularity,ease",
+                        help="itemknn for catalogues above EASE's limit; each is also blended with the model")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="sequence task config, e.g. --set model.kind=gru (default preset=small)")
     args = parser.parse_args(argv)
@@ -40,38 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) / "quality_sequence" / name
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    prepared = work / "prepared"
-    if args.dataset == "synthetic" and not args.data:
-        raw = work / "raw"
-        if not (raw / "items.parquet").exists():
-            run_measured([py, "-m", "interest.cli", "generate", "--users", "5000", "--items", "3000", "--events",
-                          "200000", "--out", str(raw)], log=work / "generate.log")
-        path, fmt, overrides, extra = str(raw / "events"), "events", [], ["--items", str(raw / "items.parquet")]
-    else:
-        (path, fmt, overrides), extra = dataset_input(args), []
-    if not (prepared / "_SUCCESS").exists():
-        sets = [x for o in overrides for x in ("--set", o)]
-        run_measured([py, "-m", "interest.cli", "prepare", path, "--format", fmt, "--out", str(prepared),
-                      "--overwrite", *sets, *extra], log=work / "prepare.log")
+    prepared, _ = prepared_dataset(args, work)
     run = work / "run"
     shutil.rmtree(run, ignore_errors=True)
     sets = [x for o in ["preset=small", *args.set] for x in ("--set", o)]
     train_s, train_mb = run_measured([py, "-m", "interest.cli", "train", "--task", "sequence", "--data",
                                       str(prepared), "--out", str(run), "--num-workers", str(args.num_workers),
                                       *sets], env={"PYTHONUNBUFFERED": "1"}, log=work / "train.log")
-    # The job's last JSON line (Ray's own processes may log after it).
-    final = json.loads(next(line for line in reversed((work / "train.log").read_text().splitlines())
-                            if line.startswith("{")))
+    final = last_json(work / "train.log")
     epochs = int(final["epoch"]) + 1
     run_measured([py, "-m", "interest.cli", "evaluate", "--run", str(run), "--data", str(prepared),
                   "--baselines", args.baselines], log=work / "evaluate.log")
     results = json.loads((run / "metrics_test.json").read_text())
     rows = []
-    for method in ("model", "popularity", "ease"):
+    for method in METHODS:
         m = results.get(method)
         if m and "hr@10" in m:
+            param = ", ".join(f"{k} {m[k]}" for k in ("lambda", "k", "weight") if k in m)
             rows.append([method, f"{m['hr@10']:.4f}", f"{m['ndcg@10']:.4f}", f"{m['hr@20']:.4f}",
-                         f"{m['ndcg@20']:.4f}", m.get("lambda", "")])
+                         f"{m['ndcg@20']:.4f}", param])
         elif m:
             rows.append([method, m.get("skipped", ""), "", "", "", ""])
     for pub, (hr, ndcg) in PUBLISHED.get(name, {}).items():
@@ -79,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     p = results["protocol"]
     print(f"\n{name}: {p['split']} split, {p['ranking']} ranking, seen items "
           f"{'masked' if p['mask_seen'] else 'not masked'}, {results['model']['users']:,} users")
-    print_table(["method", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "lambda"], rows)
+    print_table(["method", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "chosen on valid"], rows)
     print(f"\ntraining: {train_s:.0f} s wall for {epochs} epochs ({train_s / epochs:.1f} s per epoch including "
           f"start-up), best epoch {final.get('best_epoch')}, peak memory {train_mb:.0f} MB")
     figures = {"dataset": name, "model": results["model"], "popularity": results["popularity"],
                "train_s": round(train_s, 1), "epochs": epochs, "s_per_epoch": round(train_s / epochs, 2),
                "protocol": p}
-    if "ease" in results:
-        figures["ease"] = results["ease"]
+    figures.update({m: results[m] for m in METHODS[2:] if m in results})
     if results.get("behavior"):
         print("\nnext behaviour type:")
         print_table(["method", "accuracy", "macro AUC"],

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import demo, evaluate, generate, prepare, train
+from ray_jobs import demo, embed_items, evaluate, generate, prepare, score, train
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
     "generate": (generate, "write a synthetic e-commerce log with planted interests"),
     "prepare": (prepare, "validate, deduplicate, index and split event logs on Ray Data"),
-    "train": (train, "train a task (sequence, ...) with Ray Train"),
-    "evaluate": (evaluate, "full-ranking metrics of a trained run beside baselines"),
+    "embed-items": (embed_items, "embed every item's text once with a transformers encoder"),
+    "train": (train, "train a task (sequence, tags) with Ray Train"),
+    "evaluate": (evaluate, "test metrics of a trained run beside baselines"),
+    "score": (score, "score every user with a trained run, as Parquet"),
     "demo": (demo, "run the pipeline on built-in synthetic data and a local Ray"),
 }
 

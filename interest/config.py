@@ -36,6 +36,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> 
         raise ConfigError(
             f"unknown config key {where + unknown[0]!r}; valid keys: {', '.join(sorted(where + n for n in names))}"
         )
+    for f in dataclasses.fields(cls):
+        # A nested config given in part keeps its field's own defaults for the rest
+        # (a task may default train.metric to its own metric).
+        if (f.name in data and isinstance(data[f.name], dict) and f.default_factory is not dataclasses.MISSING
+                and dataclasses.is_dataclass(hints[f.name])):
+            data[f.name] = _merge(to_dict(f.default_factory()), data[f.name])
     kwargs = {name: _coerce(hints[name], value, where + name) for name, value in data.items()}
     try:
         return cls(**kwargs)

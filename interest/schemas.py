@@ -161,6 +161,41 @@ TAXONOMY = pa.schema(
 )
 
 
+# Item text vectors (`interest embed-items`): one row per item, encoder and text version.
+ITEM_EMBEDDINGS = pa.schema(
+    [
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("text_hash", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+# A tag vocabulary (task `tags`): each tag, what it means, and the item categories it covers.
+TAG = "tag"
+TAGS = pa.schema(
+    [
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field(DESCRIPTION, pa.string()),
+        pa.field("categories", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+# User-supplied labels (task `tags`, instead of labels from the later window).
+USER_TAGS = pa.schema([pa.field(USER_ID, pa.string(), nullable=False), pa.field(TAG, pa.string(), nullable=False)])
+
+# Scored tags per user: top-k with calibrated probabilities and the items behind each.
+TAG_SCORES = pa.schema(
+    [
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field("rank", pa.int16(), nullable=False),
+        pa.field("probability", pa.float32(), nullable=False),
+        pa.field("evidence", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+
 class SchemaError(ValueError):
     """A table does not match the schema it is declared to have."""
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from interest import io
+from interest.config import ConfigError
 from interest.evaluate.metrics import Protocol
 from ray_jobs._common import add_ray_args, init_ray, run_job
 
@@ -18,25 +18,32 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--data", required=True, help="the prepared dataset the run was trained on")
     parser.add_argument("--split", default="test", choices=["valid", "test"])
     parser.add_argument("--no-mask-seen", action="store_true", help="let items of the history be recommended")
-    parser.add_argument("--baselines", default="popularity", help="comma-separated: popularity,ease")
+    parser.add_argument("--baselines", default="popularity",
+                        help="comma-separated, of popularity,itemknn,ease; popularity always runs, "
+                             "itemknn and ease pick their parameter on the validation targets")
     parser.add_argument("--out", default=None, help="metrics JSON (default RUN/metrics_SPLIT.json)")
     add_ray_args(parser)
     return parser
 
 
+METHODS = ("model", "popularity", "itemknn", "ease", "model+itemknn", "model+ease")
+
+
 def print_table(results: dict) -> None:
+    if results.get("task") == "tags":
+        return print_tags_table(results)
     p = results["protocol"]
     print(f"\n{p['split']} metrics, {p['ranking']} ranking over every item, seen items "
           f"{'masked' if p['mask_seen'] else 'not masked'}, target = {p['target']} held-out event")
-    print(f"{'method':<12} {'users':>7} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7} {'NDCG@20':>8} {'MRR':>7}")
-    for name in ("model", "popularity", "ease"):
+    print(f"{'method':<14} {'users':>7} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7} {'NDCG@20':>8} {'MRR':>7}")
+    for name in METHODS:
         m = results.get(name)
         if not m:
             continue
         if "skipped" in m:
-            print(f"{name:<12} skipped: {m['skipped']}")
+            print(f"{name:<14} skipped: {m['skipped']}")
             continue
-        print(f"{name:<12} {m['users']:>7} {m['hr@10']:>7.4f} {m['ndcg@10']:>8.4f} {m['hr@20']:>7.4f} "
+        print(f"{name:<14} {m['users']:>7} {m['hr@10']:>7.4f} {m['ndcg@10']:>8.4f} {m['hr@20']:>7.4f} "
               f"{m['ndcg@20']:>8.4f} {m['mrr']:>7.4f}")
     if results.get("behavior"):
         print(f"\nnext behaviour type   {'accuracy':>8} {'macro AUC':>9}")
@@ -45,17 +52,36 @@ def print_table(results: dict) -> None:
             print(f"{name:<20} {m['accuracy']:>9.4f} {auc:>9}")
 
 
+def print_tags_table(results: dict) -> None:
+    p, k = results["protocol"], results["protocol"]["k"]
+    u = results["users"]
+    print(f"\n{p['split']} metrics: {p['target']}, every tag ranked; {u['with_labels']:,} users with labels, "
+          f"{u['without_labels']:,} without (not scored)")
+    print(f"{'method':<12} {'P@' + str(k):>7} {'R@' + str(k):>7} {'mAP':>7}")
+    for name in ("model", "popularity", "history"):
+        m = results[name]
+        print(f"{name:<12} {m[f'p@{k}']:>7.4f} {m[f'r@{k}']:>7.4f} {m['map']:>7.4f}")
+    print(f"model scored {results['model']['users_per_s']:,.0f} users/s")
+    if results["tags"]["tags_without_items"]:
+        print(f"{len(results['tags']['tags_without_items'])} tags cover no item category")
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_job(build_parser, _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:
-    from interest.evaluate.harness import evaluate, latest_checkpoint
+    from interest.evaluate.harness import GRIDS, evaluate, latest_checkpoint
 
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    unknown = set(baselines) - {"popularity", *GRIDS}
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {', '.join(sorted(unknown))}; choose from popularity, "
+                          f"{', '.join(GRIDS)}")
     latest_checkpoint(args.run)  # fail before Ray starts
     init_ray(args)
     results = evaluate(args.run, args.data, protocol=Protocol(split=args.split, mask_seen=not args.no_mask_seen),
-                       baselines=tuple(b for b in args.baselines.split(",") if b))
+                       baselines=baselines)
     out = args.out or io.join(args.run, f"metrics_{args.split}.json")
     io.write_json(results, out)
     print_table(results)

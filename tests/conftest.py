@@ -95,3 +95,39 @@ def s3_server():
     yield fs
     proc.terminate()
     proc.wait(10)
+
+
+def build_tiny_encoder(folder: Path, corpus: list[str], hidden: int = 32) -> Path:
+    """A random 2-layer BERT and a WordPiece tokenizer whose vocabulary is ``corpus``'s
+    words and CJK characters, saved as a Hugging Face folder (nothing downloaded)."""
+    import re
+
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = set()
+    for text in corpus:
+        # What BERT's basic tokenizer makes of text: lower-cased words, punctuation, and
+        # every CJK character on its own.
+        words.update(re.findall(r"[\u4e00-\u9fff]|[^\W_\u4e00-\u9fff]+|[^\w\s]|_", text.lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    folder.mkdir(parents=True, exist_ok=True)
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=256)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(synthetic_small, tmp_path_factory) -> Path:
+    """A tiny random BERT folder covering the synthetic items' text (English and Chinese)."""
+    import pyarrow.parquet as pq
+
+    from interest.schemas import BEHAVIORS
+    from interest.text.encoder import item_texts
+
+    corpus = item_texts(pq.read_table(synthetic_small / "items.parquet")) + list(BEHAVIORS)
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny-bert", corpus)

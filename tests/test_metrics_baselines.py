@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from interest.evaluate.baselines import EASE, Popularity, interaction_matrix, select_rows
+from interest.evaluate.baselines import EASE, ItemKNN, Popularity, interaction_matrix, select_rows
 from interest.evaluate.metrics import full_ranking, metrics_from_ranks, ranks_from_scores, sampled_ranking
 
 
@@ -66,6 +66,25 @@ def test_ease_matches_dense_reference():
     assert np.allclose(model.b_.numpy(), b, atol=1e-4)
     rows = np.array([3, 7])
     assert np.allclose(model.score(select_rows(x, rows)).numpy(), dense[rows] @ b, atol=1e-4)
+
+
+def test_itemknn_matches_dense_reference():
+    rng = np.random.default_rng(3)
+    dense = (rng.random((40, 15)) < 0.3).astype(np.float64)
+    users, items = np.nonzero(dense)
+    k = 4
+    model = ItemKNN(k=k, shrink=1.0).fit(interaction_matrix(users, items, 40, 15))
+    n = dense.sum(0)
+    sim = dense.T @ dense / (np.sqrt(np.outer(n, n)) + 1.0)
+    np.fill_diagonal(sim, 0.0)
+    ref = np.zeros_like(sim)
+    for i in range(15):  # each item keeps its k most similar (none tied at the cut in this draw)
+        top = np.argsort(-sim[i], kind="stable")[:k]
+        ref[i, top] = sim[i, top]
+    assert np.allclose(model.sim_.to_dense().numpy(), ref, atol=1e-6)
+    rows = np.array([0, 5, 9])
+    x = interaction_matrix(users, items, 40, 15)
+    assert np.allclose(model.score(select_rows(x, rows)).numpy(), dense[rows] @ ref, atol=1e-5)
 
 
 def test_popularity_counts_training_events():

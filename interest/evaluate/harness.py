@@ -20,15 +20,19 @@ import torch
 from interest import config as C
 from interest import io
 from interest import schemas as S
-from interest.evaluate.baselines import EASE, Popularity, interaction_matrix
+from interest.evaluate.baselines import EASE, ItemKNN, Popularity, interaction_matrix
 from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
 from interest.tasks import get_task
 from interest.train import checkpoint as ckpt
-from interest.train.loop import load_meta
 
 log = logging.getLogger(__name__)
 KS = (1, 10, 20)
-EASE_LAMBDAS = (20.0, 50.0, 100.0, 250.0, 500.0)
+# Each baseline's grid, searched on the validation targets: (parameter, values, factory).
+GRIDS = {
+    "ease": ("lambda", (20.0, 50.0, 100.0, 250.0, 500.0), EASE),
+    "itemknn": ("k", (20, 50, 100, 200), ItemKNN),
+}
+BLEND_WEIGHTS = (0.2, 0.35, 0.5, 0.65, 0.8)
 
 
 def latest_checkpoint(run: str) -> str:
@@ -39,18 +43,18 @@ def latest_checkpoint(run: str) -> str:
 
 
 def load_model(run: str, prepared: str, which: str = ckpt.BEST):
-    """(task, config, model in eval mode, training state) of the run's latest checkpoint."""
+    """(task, config, model in eval mode, training state, meta) of the run's latest checkpoint."""
     folder = latest_checkpoint(run)
     state = ckpt.load_state(folder)
     task = get_task(state["task"])
     cfg = C.from_dict(task.config_cls, state["config"])
-    meta = load_meta(prepared)
+    meta = task.load_meta(cfg, prepared)
     model = task.build_model(cfg, meta)
     try:
         model.load_state_dict(ckpt.read_weights(folder, which))
     except RuntimeError as exc:
         raise io.InputError(f"{run} was trained on another dataset than {prepared}: {str(exc)[:200]}") from None
-    return task, cfg, model.eval(), state
+    return task, cfg, model.eval(), state, meta
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Collected:
     last_behaviors: list[np.ndarray] = field(default_factory=list)
     histories: list[np.ndarray] = field(default_factory=list)
     ranks: list[np.ndarray] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
     behavior_probs: list[np.ndarray] = field(default_factory=list)
 
     def cat(self, name: str) -> np.ndarray:
@@ -75,12 +80,13 @@ def collect(task, model, cfg, prepared: str, protocol: Protocol, batch_size: int
     out = Collected()
     ds = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        rows, scores, blogits, t_items, t_beh, history = task.predict(model, batch, cfg, torch.device("cpu"),
+        rows, states, blogits, t_items, t_beh, history = task.predict(model, batch, cfg, torch.device("cpu"),
                                                                       protocol.split)
         if not len(rows):
             continue
         seen = seen_pairs(history) if protocol.mask_seen else (None, None)
-        out.ranks.append(ranks_from_scores(scores, torch.as_tensor(t_items), *seen).numpy())
+        out.ranks.append(ranks_from_scores(task.item_scores(model, states), torch.as_tensor(t_items), *seen).numpy())
+        out.states.append(states)
         out.behavior_probs.append(torch.softmax(blogits, 1).numpy())
         out.targets.append(t_items)
         out.target_behaviors.append(t_beh)
@@ -130,25 +136,58 @@ def history_matrix(histories: list[np.ndarray], n_items: int) -> torch.Tensor:
     return interaction_matrix(rows, cols, len(histories), n_items)
 
 
-def ease_baseline(prepared: str, n_users: int, n_items: int, valid: Collected, test: Collected,
-                  protocol: Protocol, lambdas=EASE_LAMBDAS) -> dict[str, Any]:
-    """EASE with lambda chosen on the validation targets, refit on train + valid for test."""
-    if n_items > EASE.MAX_ITEMS:
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """Each user's scores to mean 0, standard deviation 1, so two models' scores can be mixed."""
+    return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-9)
+
+
+def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: Collected, test: Collected,
+                   protocol: Protocol, model_scores=None) -> dict[str, Any]:
+    """Baseline ``name`` with its parameter chosen on the validation targets, refit on
+    train + valid for the test targets.
+
+    With ``model_scores(states)``, also the blend ``(1 - w) z(model) + w z(baseline)`` of
+    per-user standardised scores, ``w`` chosen on the validation targets (returned under
+    ``"blend"``): sequence models and item-item models make different mistakes, and
+    mixing them is the field's usual answer when neither wins everywhere.
+    """
+    param, grid, factory = GRIDS[name]
+    if name == "ease" and n_items > EASE.MAX_ITEMS:
         return {"skipped": f"{n_items} items: above EASE's dense limit of {EASE.MAX_ITEMS}"}
-    u, i = train_events(prepared, (0,))
-    x = interaction_matrix(u, i, n_users, n_items)
+
+    def ranks(baseline, c: Collected, w: float = 1.0) -> np.ndarray:
+        states = torch.cat(c.states) if w < 1 else None
+
+        def scores(lo, hi, hist):
+            s = baseline.score(history_matrix(hist, n_items))
+            if w == 1:
+                return s
+            return (1 - w) * standardize(model_scores(states[lo:hi])) + w * standardize(s)
+
+        return _baseline_ranks(scores, c, protocol)
+
+    x = interaction_matrix(*train_events(prepared, (0,)), n_users, n_items)
     best = None
-    for lam in lambdas:
-        model = EASE(lam).fit(x)
-        rows = lambda lo, hi, hist, m=model: m.score(history_matrix(hist, n_items))  # noqa: E731
-        m = metrics_from_ranks(_baseline_ranks(rows, valid, protocol), KS)
-        log.info("EASE lambda %g: valid ndcg@10 %.4f", lam, m.get("ndcg@10", 0))
+    for value in grid:
+        fitted = factory(value).fit(x)
+        m = metrics_from_ranks(ranks(fitted, valid), KS)
+        log.info("%s %s=%g: valid ndcg@10 %.4f", name, param, value, m.get("ndcg@10", 0))
         if best is None or m.get("ndcg@10", 0) > best[1]:
-            best = (lam, m.get("ndcg@10", 0))
-    u, i = train_events(prepared, (0, 1))
-    model = EASE(best[0]).fit(interaction_matrix(u, i, n_users, n_items))
-    ranks = _baseline_ranks(lambda lo, hi, hist: model.score(history_matrix(hist, n_items)), test, protocol)
-    return {**metrics_from_ranks(ranks, KS), "lambda": best[0], "lambda_chosen_on": "valid ndcg@10"}
+            best = (value, m.get("ndcg@10", 0), fitted)
+    weight = None
+    if model_scores is not None:
+        scored = []
+        for w in BLEND_WEIGHTS:
+            m = metrics_from_ranks(ranks(best[2], valid, w), KS)
+            log.info("model + %s, weight %.2f: valid ndcg@10 %.4f", name, w, m.get("ndcg@10", 0))
+            scored.append((m.get("ndcg@10", 0), w))
+        weight = max(scored)[1]
+    refit = factory(best[0]).fit(interaction_matrix(*train_events(prepared, (0, 1)), n_users, n_items))
+    result = {**metrics_from_ranks(ranks(refit, test), KS), param: best[0], f"{param}_chosen_on": "valid ndcg@10"}
+    if weight is not None:
+        result["blend"] = {**metrics_from_ranks(ranks(refit, test, weight), KS), "weight": weight, param: best[0],
+                           "weight_chosen_on": "valid ndcg@10"}
+    return result
 
 
 def behavior_metrics(c: Collected, majority: int) -> dict[str, dict[str, float]]:
@@ -186,25 +225,37 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     return float(np.mean(aucs)) if aucs else None
 
 
-def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, baselines: tuple[str, ...] = ("popularity",),
-             batch_size: int = 1024) -> dict[str, Any]:
-    """Test metrics of a run and of the baselines, each with its protocol."""
-    start = time.time()
-    task, cfg, model, state = load_model(run, prepared)
-    meta = load_meta(prepared)
-    protocol = protocol or Protocol(mask_seen=cfg.mask_seen)
+@torch.no_grad()
+def evaluate_next_item(task, model, cfg, meta, prepared: str, protocol: Protocol,
+                       baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024) -> dict[str, Any]:
+    """Next-item ranking and next-behaviour metrics of a sequence model beside the baselines."""
     test = collect(task, model, cfg, prepared, protocol, batch_size)
-    results: dict[str, Any] = {"protocol": protocol.as_dict(), "run": run, "prepared": prepared,
-                               "best_epoch": state.get("best_epoch"), "model": metrics_from_ranks(test.cat("ranks"), KS)}
+    results: dict[str, Any] = {"protocol": protocol.as_dict(), "model": metrics_from_ranks(test.cat("ranks"), KS)}
     _, items = train_events(prepared, (0, 1))  # everything before the test events
     pop = Popularity().fit(items, meta.n_items)
     results["popularity"] = metrics_from_ranks(
         _baseline_ranks(lambda lo, hi, hist: pop.score(hi - lo), test, protocol), KS)
-    if "ease" in baselines:
+    tuned = [b for b in baselines if b in GRIDS]
+    if tuned:
         valid = collect(task, model, cfg, prepared, Protocol(**{**protocol.as_dict(), "split": "valid"}), batch_size)
-        results["ease"] = ease_baseline(prepared, meta.n_users, meta.n_items, valid, test, protocol)
+        for name in tuned:
+            results[name] = tuned_baseline(name, prepared, meta.n_users, meta.n_items, valid, test, protocol,
+                                           model_scores=lambda states: task.item_scores(model, states))
+            if "blend" in results[name]:
+                results[f"model+{name}"] = results[name].pop("blend")
     train_behaviors = read_events(prepared, [S.BEHAVIOR], (0,))[S.BEHAVIOR].astype(np.int64)
     majority = int(np.bincount(train_behaviors, minlength=len(S.BEHAVIORS)).argmax())
     results["behavior"] = behavior_metrics(test, majority)
-    results["seconds"] = round(time.time() - start, 1)
+    return results
+
+
+@torch.no_grad()
+def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, baselines: tuple[str, ...] = ("popularity",),
+             batch_size: int = 1024) -> dict[str, Any]:
+    """Test metrics of a run and of the baselines in the same pass, each with its protocol."""
+    start = time.time()
+    task, cfg, model, state, meta = load_model(run, prepared)
+    results = task.evaluate(model, cfg, meta, prepared, protocol=protocol, baselines=baselines,
+                            batch_size=batch_size)
+    results.update(task=task.name, run=run, prepared=prepared, best_epoch=state.get("best_epoch"), seconds=round(time.time() - start, 1))
     return results

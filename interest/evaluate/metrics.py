@@ -110,3 +110,20 @@ def seen_pairs(seen: list[np.ndarray], device="cpu") -> tuple[torch.Tensor | Non
     rows = np.repeat(np.arange(len(seen)), lengths)
     return (torch.as_tensor(rows, device=device),
             torch.as_tensor(np.concatenate(seen).astype(np.int64), device=device))
+
+
+def multilabel_sums(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Sums over users of P@k, R@k and average precision of ranking every tag by ``scores``
+    (U, T) against the boolean ``relevant`` (U, T); users with nothing relevant are left
+    out. Ties rank the lower tag index first, as for items."""
+    has = relevant.any(1)
+    scores, relevant = scores[has], relevant[has]
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hits = np.take_along_axis(relevant, order, 1).astype(np.float64)  # (U, T) in ranked order
+    n_rel = hits.sum(1)
+    cum = np.cumsum(hits, 1)
+    precision_at = cum / np.arange(1, hits.shape[1] + 1)
+    ap = (precision_at * hits).sum(1) / n_rel
+    return {f"p@{k}": float((cum[:, min(k, hits.shape[1]) - 1] / k).sum()),
+            f"r@{k}": float((cum[:, min(k, hits.shape[1]) - 1] / n_rel).sum()),
+            "map": float(ap.sum()), "users": int(has.sum())}

@@ -2,9 +2,11 @@
 
 from interest.tasks.base import Meta, Task, TrainConfig
 from interest.tasks.sequence.task import SequenceTask
+from interest.tasks.tags.task import TagsTask
 
 TASKS: dict[str, type[Task]] = {
     "sequence": SequenceTask,
+    "tags": TagsTask,
 }
 
 __all__ = ["TASKS", "Meta", "Task", "TrainConfig", "get_task"]

@@ -13,7 +13,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from interest import io
+from interest import schemas as S
 from interest.config import ConfigError
+from interest.data.prepare import load_report
 
 
 @dataclass
@@ -58,6 +61,13 @@ class Meta:
     n_items: int
     n_users: int
     item_counts: np.ndarray = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # what a task loads for itself
+
+
+def load_meta(prepared: str) -> Meta:
+    report = load_report(prepared)
+    counts = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.COUNT]).column(S.COUNT)
+    return Meta(n_items=report["items"]["total"], n_users=report["users"], item_counts=counts.to_numpy())
 
 
 class Task:
@@ -65,6 +75,10 @@ class Task:
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+
+    def load_meta(self, cfg: Any, prepared: str) -> Meta:
+        """Sizes of the prepared dataset, plus whatever else the task reads (runs on every worker)."""
+        return load_meta(prepared)
 
     def build_model(self, cfg: Any, meta: Meta) -> nn.Module:
         raise NotImplementedError
@@ -77,9 +91,34 @@ class Task:
              device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def predict(self, model: nn.Module, batch: dict[str, np.ndarray], cfg: Any, device: torch.device,
+                split: str = "valid") -> tuple:
+        """(rows, user states, behaviour logits, target items, target behaviours, histories)
+        of the users in ``batch`` that have a ``split`` target."""
+        raise NotImplementedError
+
+    def item_scores(self, model: nn.Module, states: torch.Tensor) -> torch.Tensor:
+        """(U, n_items) scores of every item for the users whose states are given."""
+        raise NotImplementedError
+
     def validate(self, model: nn.Module, batches: Iterable[dict[str, np.ndarray]], cfg: Any, meta: Meta,
                  device: torch.device, split: str = "valid") -> dict[str, float]:
         """Sums over the given users (so workers' results can be added), with ``users``."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, cfg: Any, meta: Meta, prepared: str, *, protocol: Any = None,
+                 baselines: tuple[str, ...] = (), batch_size: int = 1024) -> dict[str, Any]:
+        """Test metrics of a trained model beside the task's baselines, with the protocol."""
+        raise NotImplementedError
+
+    def score_params(self, model: nn.Module, cfg: Any, meta: Meta,
+                     valid_batches: Iterable[dict[str, np.ndarray]]) -> dict[str, Any]:
+        """Keyword arguments of :meth:`score` fitted once before scoring (calibration)."""
+        return {}
+
+    def score(self, model: nn.Module, batch: dict[str, np.ndarray], cfg: Any, meta: Meta, device: torch.device,
+              **params: Any):
+        """The task's output rows (an Arrow table of its schema) for the users in ``batch``."""
         raise NotImplementedError
 
     def metrics_from_sums(self, sums: dict[str, float]) -> dict[str, float]:

@@ -22,18 +22,10 @@ import torch
 
 from interest import config as C
 from interest import io
-from interest import schemas as S
-from interest.data.prepare import load_report
-from interest.tasks import Meta, get_task
+from interest.tasks import get_task
 from interest.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
-
-
-def load_meta(prepared: str) -> Meta:
-    report = load_report(prepared)
-    counts = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.COUNT]).column(S.COUNT)
-    return Meta(n_items=report["items"]["total"], n_users=report["users"], item_counts=counts.to_numpy())
 
 
 def _allreduce(sums: dict[str, float]) -> dict[str, float]:
@@ -51,10 +43,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    # A worker is a fresh process: give it the driver's log level, so progress is seen.
+    package_log = logging.getLogger("interest")
+    package_log.setLevel(config.get("log_level", logging.INFO))
+    if not package_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        package_log.addHandler(handler)
     task = get_task(config["task"])
     cfg = C.from_dict(task.config_cls, config["cfg"])
     tc = cfg.train
-    meta = load_meta(config["prepared"])
+    meta = task.load_meta(cfg, config["prepared"])
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
     model = task.build_model(cfg, meta)
@@ -81,10 +80,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(state["epoch"], tc.epochs):
         torch.manual_seed(tc.seed * 1000 + epoch * 10 + rank)  # dropout and sampling: repeatable
         model.train()
-        start, losses, steps = time.perf_counter(), [], 0
-        for batch in train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
-                                              local_shuffle_buffer_size=tc.batch_size * 16,
-                                              local_shuffle_seed=tc.seed + epoch):
+        start, losses, steps, data_s = time.perf_counter(), [], 0, 0.0
+        batches = iter(train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
+                                                local_shuffle_buffer_size=tc.batch_size * 16,
+                                                local_shuffle_seed=tc.seed + epoch))
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            data_s += time.perf_counter() - waited  # reported: slow input shows up here, not in compute
+            if batch is None:
+                break
             loss, _ = task.loss(model, batch, cfg, meta, device)
             if loss is None:  # nothing to learn in this batch; still step together under DDP
                 loss = sum(p.sum() for p in model.parameters()) * 0.0
@@ -95,6 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             steps += 1
         train_s = time.perf_counter() - start
         model.eval()
+        valid_start = time.perf_counter()
         sums = task.validate(model, valid_shard.iter_batches(batch_size=tc.eval_batch_size, batch_format="numpy"),
                              cfg, meta, device, "valid")
         metrics = task.metrics_from_sums(_allreduce(sums))
@@ -106,8 +112,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         report = {**{f"valid/{k}": v for k, v in metrics.items()}, "epoch": epoch, "train_s": train_s,
+                  "data_s": data_s, "valid_s": time.perf_counter() - valid_start,
                   "loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps,
                   "best": state["best"], "best_epoch": state["best_epoch"]}
+        if rank == 0:  # one progress line per epoch; worker logs reach the driver's console
+            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d); train %.1f s (waiting for "
+                     "data %.1f s), validation %.1f s", epoch + 1, tc.epochs, report["loss"], tc.metric, value,
+                     state["best"], state["best_epoch"] + 1, train_s, data_s, report["valid_s"])
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
@@ -121,8 +132,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int):
     """Everything that can be wrong with a training request, checked on the driver."""
     task = get_task(task_name)
-    C.from_dict(task.config_cls, cfg_dict)  # unknown keys and bad types
-    meta = load_meta(prepared)  # not a prepared dataset
+    cfg = C.from_dict(task.config_cls, cfg_dict)  # unknown keys and bad types
+    meta = task.load_meta(cfg, prepared)  # not a prepared dataset; the task's own inputs
     if meta.n_items < 2:
         raise C.ConfigError(f"{prepared} has {meta.n_items} items; nothing to rank")
     if num_workers < 1:
@@ -153,7 +164,8 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     parent, name = run_dir.rsplit("/", 1)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"task": task_name, "cfg": C.to_dict(cfg), "prepared": prepared},
+        train_loop_config={"task": task_name, "cfg": C.to_dict(cfg), "prepared": prepared,
+                           "log_level": logging.getLogger("interest").getEffectiveLevel()},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         datasets={"train": sequences, "valid": sequences},
         run_config=RunConfig(name=name, storage_path=parent,

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from interest.config import ConfigError
-from interest.evaluate.metrics import metrics_from_ranks, ranks_from_scores, seen_pairs
+from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
 from interest.tasks.base import Meta, Task, TrainConfig
 from interest.tasks.sequence.model import (PRESETS, SequenceModel, SequenceModelConfig, gap_buckets,
                                            sampled_softmax_loss)
@@ -129,8 +129,9 @@ class SequenceTask(Task):
     def predict(self, model, batch, cfg: SequenceConfig, device, split: str = "valid"):
         """States after each user's history and the held-out target of ``split``.
 
-        Returns (rows, item scores (U, I), behaviour logits (U, 5), target items,
-        target behaviours, histories) for the users that have a target.
+        Returns (rows, user states (U, D), behaviour logits (U, 5), target items,
+        target behaviours, histories) for the users that have a target; the states'
+        item scores are :meth:`item_scores`.
         """
         n_train = batch["n_train"].astype(np.int64)
         n_valid = batch["n_valid"].astype(np.int64)
@@ -149,19 +150,28 @@ class SequenceTask(Task):
         target_items = np.array([sub["items"][r][ends[r]] for r in range(len(rows))], np.int64)
         target_behaviors = np.array([sub["behaviors"][r][ends[r]] for r in range(len(rows))], np.int64)
         history = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
-        return (rows, core.item_scores(states), core.behavior_logits(states), target_items, target_behaviors,
-                history)
+        return rows, states, core.behavior_logits(states), target_items, target_behaviors, history
+
+    def item_scores(self, model, states: torch.Tensor) -> torch.Tensor:
+        return _core(model).item_scores(states)
+
+    def evaluate(self, model, cfg: SequenceConfig, meta: Meta, prepared: str, *, protocol=None,
+                 baselines=("popularity",), batch_size: int = 1024) -> dict:
+        from interest.evaluate.harness import evaluate_next_item  # the harness imports the task registry
+
+        return evaluate_next_item(self, model, cfg, meta, prepared, protocol or Protocol(mask_seen=cfg.mask_seen),
+                                  baselines, batch_size)
 
     @torch.no_grad()
     def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: SequenceConfig, meta: Meta, device,
                  split: str = "valid") -> dict[str, float]:
         sums = {f"{m}@{k}": 0.0 for k in KS for m in ("hr", "ndcg")} | {"mrr": 0.0, "behavior_acc": 0.0, "users": 0}
         for batch in batches:
-            rows, scores, blogits, t_items, t_beh, history = self.predict(model, batch, cfg, device, split)
+            rows, states, blogits, t_items, t_beh, history = self.predict(model, batch, cfg, device, split)
             if not len(rows):
                 continue
             seen = seen_pairs(history, device) if cfg.mask_seen else (None, None)
-            ranks = ranks_from_scores(scores, torch.as_tensor(t_items, device=device), *seen)
+            ranks = ranks_from_scores(self.item_scores(model, states), torch.as_tensor(t_items, device=device), *seen)
             means = metrics_from_ranks(ranks.cpu().numpy(), KS)
             for key in sums.keys() & means.keys() - {"users"}:
                 sums[key] += means[key] * len(rows)  # sums, so that workers' results can be added

@@ -1,0 +1,118 @@
+"""The tag vocabulary, which items carry which tags, and users' tag labels.
+
+Tags come from a taxonomy table (:data:`interest.schemas.TAGS`: a tag, its description
+and the item categories it covers) or are derived from the items' categories: every
+level of a path (``levels``: ``a``, ``a.b``, ``a.b.c``), every token (``tokens``:
+genres), or the category itself (``whole``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from interest import io
+from interest import schemas as S
+from interest.config import ConfigError
+
+log = logging.getLogger(__name__)
+TAG_SOURCES = ("levels", "tokens", "whole")
+# Label weight of each behaviour (schemas.BEHAVIORS order: view, click, fav, cart, buy).
+BEHAVIOR_WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass
+class TagSpace:
+    """Tags and the CSR map item_idx -> tag indices (``indptr``, ``indices``)."""
+
+    tags: list[str]
+    descriptions: list[str]
+    indptr: np.ndarray
+    indices: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_tags(self) -> int:
+        return len(self.tags)
+
+    def of(self, item: int) -> np.ndarray:
+        return self.indices[self.indptr[item]:self.indptr[item + 1]]
+
+    def matrix(self, rows: np.ndarray, items: np.ndarray, weights: np.ndarray, n_rows: int,
+               reduce: str = "sum") -> np.ndarray:
+        """(n_rows, n_tags): for each event (row, item, weight), the weight added (``sum``)
+        or maxed (``max``) into each tag of the item."""
+        items = np.asarray(items, np.int64)
+        counts = self.indptr[items + 1] - self.indptr[items]
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        tags = self.indices[np.repeat(self.indptr[items], counts) + offsets]
+        out = np.zeros((n_rows, self.n_tags), np.float32)
+        at = (np.repeat(np.asarray(rows, np.int64), counts), tags)
+        w = np.repeat(np.asarray(weights, np.float32), counts)
+        (np.maximum if reduce == "max" else np.add).at(out, at, w)
+        return out
+
+
+def derive_tags(category: str | None, source: str, separator: str) -> list[str]:
+    if not category:
+        return []
+    if source == "whole" or not separator:
+        return [category]
+    parts = [p for p in category.split(separator) if p]
+    if source == "tokens":
+        return list(dict.fromkeys(parts))
+    return [separator.join(parts[:k]) for k in range(1, len(parts) + 1)]
+
+
+def build(items: pa.Table, *, taxonomy: str | None = None, source: str = "levels", separator: str = ".") -> TagSpace:
+    """Tags of the prepared ``items`` (item_idx, category), from ``taxonomy`` when given."""
+    if source not in TAG_SOURCES:
+        raise ConfigError(f"tag_source must be one of {', '.join(TAG_SOURCES)}, got {source!r}")
+    items = items.sort_by(S.ITEM_IDX)
+    categories = items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names else [None] * len(items)
+    per_item: list[list[int]] = []
+    if taxonomy:
+        table = S.conform(io.read_parquet(taxonomy), S.TAGS, what=f"taxonomy {taxonomy}")
+        tags = table.column(S.TAG).to_pylist()
+        descriptions = [d or t for t, d in zip(tags, table.column(S.DESCRIPTION).to_pylist())]
+        covers: dict[str, list[int]] = {}
+        for t, cats in enumerate(table.column("categories").to_pylist()):
+            for c in cats:
+                covers.setdefault(c, []).append(t)
+        for cat in categories:
+            # An item carries a tag that covers its category or any ancestor of it.
+            found = [t for prefix in derive_tags(cat, "levels", separator) for t in covers.get(prefix, [])]
+            per_item.append(sorted(set(found)))
+    else:
+        names: dict[str, int] = {}
+        for cat in categories:
+            per_item.append([names.setdefault(t, len(names)) for t in derive_tags(cat, source, separator)])
+        tags = list(names)
+        descriptions = list(tags)
+    lengths = np.array([len(p) for p in per_item], np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.array([t for p in per_item for t in p], np.int64)
+    used = np.bincount(indices, minlength=len(tags))
+    report = {"tags": len(tags), "tags_without_items": [t for t, n in zip(tags, used) if n == 0],
+              "items_without_tags": int((lengths == 0).sum()), "items": len(per_item)}
+    if report["tags_without_items"]:
+        log.warning("%d of %d tags cover no item category: %s", len(report["tags_without_items"]), len(tags),
+                    ", ".join(report["tags_without_items"][:10]))
+    return TagSpace(tags, descriptions, indptr, indices, report)
+
+
+def read_user_labels(path: str, tags: TagSpace) -> dict[str, list[int]]:
+    """User-supplied (user_id, tag) labels; tags outside the vocabulary are an error."""
+    table = S.conform(io.read_parquet(path), S.USER_TAGS, what=f"labels {path}")
+    index = {t: i for i, t in enumerate(tags.tags)}
+    unknown = sorted(set(table.column(S.TAG).to_pylist()) - index.keys())
+    if unknown:
+        raise S.SchemaError(f"labels {path}: {len(unknown)} tags not in the vocabulary, e.g. {unknown[:5]}")
+    out: dict[str, list[int]] = {}
+    for u, t in zip(table.column(S.USER_ID).to_pylist(), table.column(S.TAG).to_pylist()):
+        out.setdefault(u, []).append(index[t])
+    return out

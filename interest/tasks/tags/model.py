@@ -1,0 +1,95 @@
+"""Interest-tag classifiers over a user's recent behaviour.
+
+Both modes end in the same multi-label head: a logit per tag, plus the log of the
+user's behaviour-weighted tag counts so far (scaled by a learned weight) and a learned
+per-tag bias. The counts term gives every model the "tags the user already shows"
+answer to start from, so the network learns what changes, not what repeats.
+
+- ``cached``: label-wise attention over the user's events, each event the item's
+  precomputed text vector (frozen) plus behaviour-type and recency embeddings. Each tag
+  attends to the events that speak for it; those weights are the evidence.
+- ``finetune``: a transformers encoder reads the behaviour rendered as text and is
+  trained end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from interest.tasks.sequence.model import N_BEHAVIORS
+from interest.text.encoder import mean_pool
+
+
+@dataclass
+class TagModelConfig:
+    """Args:
+        dim: attention width (``cached``).
+        heads_dropout: dropout on event vectors and pooled states.
+        max_len: most recent events read.
+    """
+
+    dim: int = 64
+    dropout: float = 0.1
+    max_len: int = 50
+
+
+class _Head(nn.Module):
+    def __init__(self, n_tags: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(n_tags))
+        self.prior_weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        return logits + self.prior_weight * torch.log1p(prior) + self.bias  # (B, n_tags)
+
+
+class CachedTagModel(nn.Module):
+    def __init__(self, n_tags: int, item_vectors: torch.Tensor, cfg: TagModelConfig):
+        super().__init__()
+        d = cfg.dim
+        # Row 0 is padding; frozen, and not saved with the weights (the store holds it).
+        self.register_buffer("item_vectors", torch.cat([torch.zeros(1, item_vectors.shape[1]), item_vectors]),
+                             persistent=False)
+        self.proj = nn.Linear(item_vectors.shape[1], d)
+        self.behavior = nn.Embedding(N_BEHAVIORS + 1, d, padding_idx=0)
+        self.recency = nn.Embedding(cfg.max_len, d)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.key = nn.Linear(d, d)
+        self.value = nn.Linear(d, d)
+        self.queries = nn.Parameter(torch.randn(n_tags, d) * d ** -0.5)  # one per tag
+        self.out = nn.Parameter(torch.randn(n_tags, d) * d ** -0.5)
+        self.head = _Head(n_tags)
+
+    def forward(self, items: torch.Tensor, behaviors: torch.Tensor, prior: torch.Tensor):
+        """items, behaviors (B, T) left-padded (0 = none), prior (B, n_tags) ->
+        logits (B, n_tags), attention (B, n_tags, T)."""
+        T = items.shape[1]
+        recency = torch.arange(T - 1, -1, -1, device=items.device).clamp(max=self.recency.num_embeddings - 1)
+        x = self.proj(self.item_vectors[items]) + self.behavior(behaviors) + self.recency(recency)  # (B, T, D)
+        x = self.drop(self.norm(x))
+        k, v = self.key(x), self.value(x)
+        att = torch.einsum("nd,btd->bnt", self.queries, k) / k.shape[-1] ** 0.5  # (B, n_tags, T)
+        pad = items == 0
+        att = att.masked_fill(pad[:, None, :], float("-inf"))
+        att = torch.softmax(att, -1).nan_to_num(0.0)  # a user with no events attends to nothing
+        pooled = torch.einsum("bnt,btd->bnd", att, v)  # (B, n_tags, D)
+        logits = (self.drop(pooled) * self.out).sum(-1)
+        return self.head(logits, prior), att
+
+
+class FinetuneTagModel(nn.Module):
+    def __init__(self, n_tags: int, encoder: nn.Module, cfg: TagModelConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.drop = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, n_tags)
+        self.head = _Head(n_tags)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor):
+        h = mean_pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                      attention_mask)  # (B, H)
+        return self.head(self.classifier(self.drop(h)), prior), None

@@ -1,0 +1,344 @@
+"""Task ``tags``: a user's interest tags, as multi-label text classification.
+
+Protocol (future window): a model reads a user's events up to a cutoff and predicts
+the tags of the items the user engages with after it. Training users read the train
+split and predict the validation window; a share of users (``valid_share``, by a hash
+of the user index) is held out of training to pick the epoch. Test reads train +
+validation and predicts the test window, for every user. Label weights follow the
+behaviour (buy > cart > fav > click > view); a tag counts as relevant for the metrics
+when any event of the window carries it. With ``labels`` (user-supplied user -> tag
+rows) those are the targets, the model reads all of the user's events, and users are
+hashed into train / valid / test.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from interest import io
+from interest import schemas as S
+from interest.config import ConfigError
+from interest.evaluate.metrics import multilabel_sums
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta
+from interest.tasks.sequence.task import windows
+from interest.tasks.tags import labels as L
+from interest.tasks.tags.model import CachedTagModel, FinetuneTagModel, TagModelConfig
+from interest.text import encoder as E
+
+log = logging.getLogger(__name__)
+MODES = ("cached", "finetune")
+K = 5
+
+
+@dataclass
+class TagsConfig:
+    """Args:
+        mode: ``cached`` (attention over precomputed item text vectors) or ``finetune``
+            (the encoder reads the behaviour as text, trained end to end).
+        model: sizes of the classifier.
+        train: optimisation; ``train.metric`` is ``map`` on the held-out users.
+        taxonomy: Parquet of tags (tag, description, categories); None: derive tags from
+            the item categories by ``tag_source`` (levels, tokens, whole) and ``separator``.
+        labels: Parquet of user-supplied (user_id, tag) labels; None: the later window.
+        encoder: Hugging Face encoder folder or name; None: the packaged default.
+        embeddings: item vector store of ``interest embed-items`` (``cached``).
+        text_max_length: tokens of rendered behaviour (``finetune``).
+        behavior_weights: label weight of view, click, fav, cart, buy.
+        valid_share: share of users held out of training for validation.
+    """
+
+    mode: str = "cached"
+    model: TagModelConfig = field(default_factory=TagModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="map", lr=3e-3, epochs=20))
+    taxonomy: str | None = None
+    tag_source: str = "levels"
+    separator: str = "."
+    labels: str | None = None
+    encoder: str | None = None
+    embeddings: str | None = None
+    text_max_length: int = 128
+    behavior_weights: list[float] = field(default_factory=lambda: list(L.BEHAVIOR_WEIGHTS))
+    valid_share: float = 0.1
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "cached" and not self.embeddings:
+            raise ConfigError("mode=cached needs embeddings=STORE (run `interest embed-items` first)")
+        if self.tag_source not in L.TAG_SOURCES:
+            raise ConfigError(f"tag_source must be one of {', '.join(L.TAG_SOURCES)}, got {self.tag_source!r}")
+        if len(self.behavior_weights) != len(S.BEHAVIORS):
+            raise ConfigError(f"behavior_weights needs {len(S.BEHAVIORS)} values ({', '.join(S.BEHAVIORS)})")
+        if not 0 < self.valid_share < 1:
+            raise ConfigError("valid_share must be between 0 and 1")
+
+
+def _held_out(user_idx: np.ndarray, share: float, salt: int = 0) -> np.ndarray:
+    """A fixed pseudo-random fraction of users, by a multiplicative hash of the index."""
+    h = ((user_idx.astype(np.uint64) + np.uint64(salt)) * np.uint64(2654435761)) % np.uint64(2 ** 32)
+    return h.astype(np.float64) / 2 ** 32
+
+
+@dataclass
+class Examples:
+    rows: np.ndarray  # rows of the batch
+    items: np.ndarray  # (B, T) item_idx + 1, left-padded
+    behaviors: np.ndarray  # (B, T) behaviour + 1
+    prior: np.ndarray  # (B, n_tags) behaviour-weighted tag counts of the history
+    target: np.ndarray  # (B, n_tags) label weights
+
+
+class TagsTask(Task):
+    name = "tags"
+    config_cls = TagsConfig
+
+    def load_meta(self, cfg: TagsConfig, prepared: str) -> Meta:
+        meta = load_meta(prepared)
+        items = io.read_parquet(io.join(prepared, "items"))
+        tags = L.build(items, taxonomy=cfg.taxonomy, source=cfg.tag_source, separator=cfg.separator)
+        if tags.n_tags < 2:
+            raise ConfigError(f"{tags.n_tags} tag(s) in {prepared}'s items: nothing to classify "
+                              "(no categories? give taxonomy=PATH)")
+        items = items.sort_by(S.ITEM_IDX)
+        meta.extra.update(tags=tags, labels=L.read_user_labels(cfg.labels, tags) if cfg.labels else None,
+                          item_ids=items.column(S.ITEM_ID).to_pylist())
+        if cfg.mode == "cached":
+            model_id, _ = E.resolve(cfg.encoder)
+            from interest.text.embed import item_vectors
+
+            vectors, found = item_vectors(cfg.embeddings, model_id, items)
+            if not found.all():
+                log.warning("%d of %d items have no vector of %s in %s (zeros used); rerun embed-items",
+                            (~found).sum(), len(found), model_id, cfg.embeddings)
+            meta.extra["vectors"] = torch.as_tensor(vectors)
+        else:
+            titles = items.column(S.TITLE).to_pylist() if S.TITLE in items.column_names else [None] * len(items)
+            cats = items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names else [None] * len(items)
+            meta.extra["texts"] = [f"{t or ''} [{c or ''}]".strip() for t, c in zip(titles, cats)]
+        return meta
+
+    def build_model(self, cfg: TagsConfig, meta: Meta) -> nn.Module:
+        tags = meta.extra["tags"]
+        if cfg.mode == "cached":
+            return CachedTagModel(tags.n_tags, meta.extra["vectors"], cfg.model)
+        _, tokenizer, encoder = E.load(cfg.encoder)
+        meta.extra["tokenizer"] = tokenizer
+        return FinetuneTagModel(tags.n_tags, encoder.train(), cfg.model)
+
+    def train_columns(self) -> list[str]:
+        return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
+
+    def examples(self, batch: dict[str, np.ndarray], cfg: TagsConfig, meta: Meta, phase: str) -> Examples | None:
+        """The users of ``batch`` in ``phase`` (train, valid, test) that have labels."""
+        tags: L.TagSpace = meta.extra["tags"]
+        n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
+        u = _held_out(batch[S.USER_IDX], cfg.valid_share)
+        supplied = meta.extra.get("labels")
+        if phase == "score":  # every user, reading everything they did; no labels
+            supplied, ends = None, n_train + n_valid + n_test
+            rows = np.flatnonzero(ends > 0)
+            if not len(rows):
+                return None
+            sub = {k: v[rows] for k, v in batch.items()}
+            items, behaviors, prior = self._history(sub, ends[rows], cfg, meta)
+            return Examples(rows, items, behaviors, prior, np.zeros((len(rows), 0), np.float32))
+        if supplied is not None:
+            in_phase = {"train": u >= 2 * cfg.valid_share, "valid": u < cfg.valid_share,
+                        "test": (u >= cfg.valid_share) & (u < 2 * cfg.valid_share)}[phase]
+            ends = n_train + n_valid + n_test
+            label_lists = [supplied.get(x, []) for x in batch[S.USER_ID]]
+            has = in_phase & np.array([len(x) > 0 for x in label_lists])
+        else:
+            in_phase = {"train": u >= cfg.valid_share, "valid": u < cfg.valid_share,
+                        "test": np.ones(len(u), bool)}[phase]
+            ends = n_train + (n_valid if phase == "test" else 0)
+            window = n_test if phase == "test" else n_valid
+            has = in_phase & (window > 0) & (ends > 0)
+        rows = np.flatnonzero(has)
+        if not len(rows):
+            return None
+        sub = {k: v[rows] for k, v in batch.items()}
+        ends = ends[rows]
+        items, behaviors, prior = self._history(sub, ends, cfg, meta)
+        weights = np.asarray(cfg.behavior_weights, np.float32)
+        if supplied is not None:
+            target = np.zeros((len(rows), tags.n_tags), np.float32)
+            for i, x in enumerate(label_lists[j] for j in rows):
+                target[i, x] = 1.0
+        else:
+            ev_rows, ev_items, ev_w = [], [], []
+            for i in range(len(rows)):
+                lo, hi = ends[i], ends[i] + (n_test if phase == "test" else n_valid)[rows[i]]
+                ev_items.append(np.asarray(sub["items"][i][lo:hi], np.int64))
+                ev_w.append(weights[np.asarray(sub["behaviors"][i][lo:hi], np.int64)])
+                ev_rows.append(np.full(hi - lo, i))
+            target = tags.matrix(np.concatenate(ev_rows), np.concatenate(ev_items), np.concatenate(ev_w),
+                                 len(rows), reduce="max")
+        keep = target.max(1) > 0  # window items without tags teach nothing
+        if not keep.any():
+            return None
+        return Examples(rows[keep], items[keep], behaviors[keep], prior[keep], target[keep])
+
+    @staticmethod
+    def _history(sub, ends, cfg: TagsConfig, meta: Meta):
+        """Left-padded (B, T) items + 1 and behaviours + 1 of events [end - T, end), and the
+        behaviour-weighted tag counts of those events."""
+        items, behaviors, _ = windows(sub, ends, min(cfg.model.max_len, max(int(ends.max()), 1)))
+        weights = np.asarray(cfg.behavior_weights, np.float32)
+        r, c = np.nonzero(items)
+        prior = meta.extra["tags"].matrix(r, items[r, c] - 1, weights[behaviors[r, c] - 1], len(ends))
+        return items, behaviors, prior
+
+    def forward(self, model, ex: Examples, cfg: TagsConfig, meta: Meta, device):
+        """(logits (B, n_tags), attention (B, n_tags, T) or None)."""
+        prior = torch.as_tensor(ex.prior, device=device)
+        if cfg.mode == "cached":
+            return model(torch.as_tensor(ex.items, device=device), torch.as_tensor(ex.behaviors, device=device), prior)
+        enc = meta.extra["tokenizer"](self.render(ex, meta), padding=True, truncation=True,
+                                      max_length=cfg.text_max_length, return_tensors="pt").to(device)
+        return model(enc["input_ids"], enc["attention_mask"], prior)
+
+    @staticmethod
+    def render(ex: Examples, meta: Meta) -> list[str]:
+        """Each user's events as text, most recent first: "buy: <title> [category]; view: ..."."""
+        texts = meta.extra["texts"]
+        out = []
+        for items, behaviors in zip(ex.items, ex.behaviors):
+            parts = [f"{S.BEHAVIORS[b - 1]}: {texts[i - 1]}" for i, b in zip(items[::-1], behaviors[::-1]) if i > 0]
+            out.append("; ".join(parts))
+        return out
+
+    def loss(self, model, batch, cfg: TagsConfig, meta: Meta, device):
+        ex = self.examples(batch, cfg, meta, "train")
+        if ex is None:
+            return None, {}
+        logits, _ = self.forward(model, ex, cfg, meta, device)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.as_tensor(ex.target, device=device))
+        return loss, {"bce": loss.item()}
+
+    @torch.no_grad()
+    def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: TagsConfig, meta: Meta, device,
+                 split: str = "valid") -> dict[str, float]:
+        sums: dict[str, float] = {f"p@{K}": 0.0, f"r@{K}": 0.0, "map": 0.0, "users": 0}
+        for batch in batches:
+            ex = self.examples(batch, cfg, meta, split)
+            if ex is None:
+                continue
+            logits, _ = self.forward(model, ex, cfg, meta, device)
+            for key, v in multilabel_sums(logits.cpu().numpy(), ex.target > 0, K).items():
+                sums[key] += v
+        return sums
+
+    @torch.no_grad()
+    def calibrate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: TagsConfig, meta: Meta,
+                  device) -> float:
+        """The temperature T for which sigmoid(logit / T) has the lowest log loss on the
+        held-out users' windows (they were never trained on)."""
+        logits, targets = [], []
+        for batch in batches:
+            ex = self.examples(batch, cfg, meta, "valid")
+            if ex is not None:
+                logits.append(self.forward(model, ex, cfg, meta, device)[0].cpu())
+                targets.append(torch.as_tensor(ex.target > 0, dtype=torch.float32))
+        if not logits:
+            return 1.0
+        x, y = torch.cat(logits), torch.cat(targets)
+        grid = torch.logspace(-1, 1, 41)
+        losses = [F.binary_cross_entropy_with_logits(x / t, y).item() for t in grid]
+        return float(grid[int(np.argmin(losses))])
+
+    def score_params(self, model, cfg: TagsConfig, meta: Meta, valid_batches) -> dict[str, Any]:
+        return {"temperature": self.calibrate(model, valid_batches, cfg, meta, torch.device("cpu"))}
+
+    @torch.no_grad()
+    def score(self, model, batch: dict[str, np.ndarray], cfg: TagsConfig, meta: Meta, device, *,
+              temperature: float = 1.0, top_k: int = 10, evidence: int = 3) -> pa.Table:
+        """Each user's top-k tags (:data:`interest.schemas.TAG_SCORES`) from everything the
+        user did, with calibrated probabilities and the history items behind each tag:
+        those that carry it, ranked by the tag's attention (``cached``) or by behaviour
+        weight and recency (``finetune``)."""
+        ex = self.examples(batch, cfg, meta, "score")
+        if ex is None:
+            return S.TAG_SCORES.empty_table()
+        tags: L.TagSpace = meta.extra["tags"]
+        logits, att = self.forward(model, ex, cfg, meta, device)
+        probs = torch.sigmoid(logits / temperature).cpu().numpy()
+        k = min(top_k, tags.n_tags)
+        top = np.argsort(-probs, 1, kind="stable")[:, :k]  # (B, k)
+        B, T = ex.items.shape
+        # carries[b, t, j]: the item at position t of user b carries the user's j-th tag.
+        r, c = np.nonzero(ex.items)
+        per_event = tags.matrix(r * T + c, ex.items[r, c] - 1, np.ones(len(r), np.float32), B * T, reduce="max")
+        carries = np.take_along_axis(per_event.reshape(B, T, -1), top[:, None, :], 2) > 0  # (B, T, k)
+        if att is not None:
+            weight = np.take_along_axis(att.cpu().numpy(), top[:, :, None], 1).transpose(0, 2, 1)  # (B, T, k)
+        else:
+            w = np.asarray(cfg.behavior_weights, np.float32)[np.maximum(ex.behaviors - 1, 0)]
+            weight = np.broadcast_to((w * (np.arange(T) + 1) / T)[:, :, None], (B, T, k))
+        order = np.argsort(-np.where(carries, weight, -np.inf), 1, kind="stable")[:, :evidence]  # (B, e, k)
+        item_ids = meta.extra["item_ids"]
+        user_ids = batch[S.USER_ID][ex.rows]
+        out = {S.USER_ID: [], S.TAG: [], "rank": [], "probability": [], "evidence": []}
+        for b in range(B):
+            for j in range(k):
+                positions = [t for t in order[b, :, j] if carries[b, t, j]]
+                out[S.USER_ID].append(user_ids[b])
+                out[S.TAG].append(tags.tags[top[b, j]])
+                out["rank"].append(j + 1)
+                out["probability"].append(float(probs[b, top[b, j]]))
+                out["evidence"].append([item_ids[ex.items[b, t] - 1] for t in positions])
+        return pa.table(out, schema=S.TAG_SCORES)
+
+    @torch.no_grad()
+    def evaluate(self, model, cfg: TagsConfig, meta: Meta, prepared: str, *, protocol=None,
+                 baselines: tuple[str, ...] = (), batch_size: int = 256) -> dict[str, Any]:
+        """Test-window P@5, R@5 and mAP of the model, tag popularity and the user's own
+        most frequent tags so far, over the same users; and users scored per second."""
+        import ray.data
+
+        from interest.evaluate.harness import read_events  # the harness imports the task registry
+
+        split = getattr(protocol, "split", "test")
+        tags: L.TagSpace = meta.extra["tags"]
+        # Tag popularity: behaviour-weighted over every event before the targets.
+        ev = read_events(prepared, [S.ITEM_IDX, S.BEHAVIOR], (0, 1) if split == "test" else (0,))
+        weights = np.asarray(cfg.behavior_weights, np.float32)
+        popularity = tags.matrix(np.zeros(len(ev[S.ITEM_IDX]), np.int64), ev[S.ITEM_IDX],
+                                 weights[ev[S.BEHAVIOR].astype(np.int64)], 1)[0]
+        popularity = popularity / max(float(popularity.max()), 1.0)
+        methods = ("model", "popularity", "history")
+        sums = {m: {f"p@{K}": 0.0, f"r@{K}": 0.0, "map": 0.0, "users": 0} for m in methods}
+        model_s, users = 0.0, 0
+        ds = ray.data.read_parquet(io.join(prepared, "sequences"), columns=self.train_columns())
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            users += len(batch[S.USER_IDX])
+            ex = self.examples(batch, cfg, meta, split)
+            if ex is None:
+                continue
+            start = time.perf_counter()
+            logits, _ = self.forward(model, ex, cfg, meta, torch.device("cpu"))
+            model_s += time.perf_counter() - start
+            scored = {"model": logits.numpy(), "popularity": np.broadcast_to(popularity, ex.prior.shape),
+                      "history": ex.prior + 1e-3 * popularity}  # the user's own tags, the rest by popularity
+            for m in methods:
+                for key, v in multilabel_sums(scored[m], ex.target > 0, K).items():
+                    sums[m][key] += v
+        results: dict[str, Any] = {"protocol": {"split": split, "target": "tags of the later window"
+                                                if meta.extra.get("labels") is None else "supplied labels",
+                                                "ranking": "every tag", "k": K}}
+        for m in methods:
+            results[m] = self.metrics_from_sums(sums[m])
+        results["model"]["users_per_s"] = round(results["model"]["users"] / max(model_s, 1e-9), 1)
+        results["tags"] = tags.report
+        results["users"] = {"read": users, "with_labels": int(sums["model"]["users"]),
+                            "without_labels": users - int(sums["model"]["users"])}
+        return results

