@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(parser)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--baselines", default="popularity,ease",
                         help="itemknn for catalogues above EASE's limit; each is also blended with the model")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     sets = [x for o in ["preset=small", *args.set] for x in ("--set", o)]
     train_s, train_mb = run_measured([py, "-m", "interest.cli", "train", "--task", "sequence", "--data",
                                       str(prepared), "--out", str(run), "--num-workers", str(args.num_workers),
-                                      *sets], env={"PYTHONUNBUFFERED": "1"}, log=work / "train.log")
+                                      "--cpus-per-worker", str(args.cpus_per_worker), *sets],
+                                     env={"PYTHONUNBUFFERED": "1"}, log=work / "train.log")
     final = last_json(work / "train.log")
     epochs = int(final["epoch"]) + 1
     run_measured([py, "-m", "interest.cli", "evaluate", "--run", str(run), "--data", str(prepared),

@@ -19,6 +19,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="run folder (local or s3://); an existing run resumes from its latest checkpoint")
     parser.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP processes)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
+    parser.add_argument("--cpus-per-worker", type=int, default=1,
+                        help="CPUs (and torch threads) per worker; on one machine, workers x this <= cores")
     parser.add_argument("--config", default=None, help="YAML file of the task's config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set preset=small --set train.epochs=20")
@@ -38,7 +40,7 @@ def _main(args: argparse.Namespace) -> int:
     check(args.task, args.data, config.to_dict(cfg), args.num_workers)  # before any worker starts
     init_ray(args)
     result = fit(args.task, args.data, args.out, config.to_dict(cfg), num_workers=args.num_workers,
-                 use_gpu=args.use_gpu)
+                 use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker)
     if result.error:
         raise result.error
     metrics = result.metrics or {}

@@ -97,10 +97,17 @@ def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind):
     result = fit("sequence", str(loops_prepared), str(tmp_path / "run"), cfg, num_workers=2)
     assert result.error is None
     assert result.metrics["valid/users"] == 320  # both workers' shards are counted
-    results = evaluate(str(tmp_path / "run"), str(loops_prepared), protocol=Protocol(mask_seen=False))
+    results = evaluate(str(tmp_path / "run"), str(loops_prepared), protocol=Protocol(mask_seen=False),
+                       baselines=("popularity", "itemknn", "ease"))
     # The next item of a loop is determined by the history.
     assert results["model"]["hr@1"] > 0.8
     assert results["model"]["hr@10"] > results["popularity"]["hr@10"]
+    # Item-item baselines see which items go together, not their order: a loop's four
+    # items tie, and the blend with the model (weight chosen on validation) keeps the order.
+    for name in ("itemknn", "ease"):
+        assert results[name]["users"] == 320 and results[name]["hr@1"] < 0.5
+        blend = results[f"model+{name}"]
+        assert 0 < blend["weight"] < 1 and blend["hr@1"] > 0.8
 
 
 def test_bad_requests_fail_before_workers_start(loops_prepared, tmp_path):

@@ -50,6 +50,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         package_log.addHandler(handler)
+    torch.set_num_threads(config.get("threads", 1))  # the CPUs Ray reserved for this worker
     task = get_task(config["task"])
     cfg = C.from_dict(task.config_cls, config["cfg"])
     tc = cfg.train
@@ -79,6 +80,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(state["epoch"], tc.epochs):
         torch.manual_seed(tc.seed * 1000 + epoch * 10 + rank)  # dropout and sampling: repeatable
+        np.random.seed(tc.seed * 1000 + epoch * 10 + rank)
         model.train()
         start, losses, steps, data_s = time.perf_counter(), [], 0, 0.0
         batches = iter(train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
@@ -129,20 +131,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
 
-def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int):
+def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int, cpus_per_worker: int = 1):
     """Everything that can be wrong with a training request, checked on the driver."""
     task = get_task(task_name)
     cfg = C.from_dict(task.config_cls, cfg_dict)  # unknown keys and bad types
     meta = task.load_meta(cfg, prepared)  # not a prepared dataset; the task's own inputs
     if meta.n_items < 2:
         raise C.ConfigError(f"{prepared} has {meta.n_items} items; nothing to rank")
-    if num_workers < 1:
-        raise C.ConfigError("--num-workers must be >= 1")
+    if num_workers < 1 or cpus_per_worker < 1:
+        raise C.ConfigError("--num-workers and --cpus-per-worker must be >= 1")
     return task
 
 
 def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, num_workers: int = 2,
-        use_gpu: bool = False, max_failures: int = 1):
+        use_gpu: bool = False, cpus_per_worker: int = 1, max_failures: int = 1):
     """Train ``task_name`` on the connected Ray cluster; returns Ray Train's ``Result``.
 
     Every check that can fail on the user's input runs here, before any worker starts.
@@ -151,7 +153,7 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    task = check(task_name, prepared, cfg_dict, num_workers)
+    task = check(task_name, prepared, cfg_dict, num_workers, cpus_per_worker)
     cfg = C.from_dict(task.config_cls, cfg_dict)
     # Workers do not share the driver's working directory; on a multi-node cluster the
     # prepared dataset must be on shared storage (s3://, NFS) anyway.
@@ -165,8 +167,10 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task_name, "cfg": C.to_dict(cfg), "prepared": prepared,
-                           "log_level": logging.getLogger("interest").getEffectiveLevel()},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+                           "log_level": logging.getLogger("interest").getEffectiveLevel(),
+                           "threads": cpus_per_worker},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
         datasets={"train": sequences, "valid": sequences},
         run_config=RunConfig(name=name, storage_path=parent,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -37,17 +37,24 @@ class TagModelConfig:
 
 
 class _Head(nn.Module):
-    def __init__(self, n_tags: int):
+    """logit + w . log(1 + tag counts) + per-tag bias, over several kinds of counts (the
+    whole history, the latest events, visits), so the model weighs lasting against recent
+    interests; it starts as the whole-history counts alone."""
+
+    def __init__(self, n_tags: int, n_priors: int):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(n_tags))
-        self.prior_weight = nn.Parameter(torch.ones(1))
+        self.prior_weight = nn.Parameter(torch.zeros(n_priors))
+        with torch.no_grad():
+            self.prior_weight[0] = 1.0
 
     def forward(self, logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        return logits + self.prior_weight * torch.log1p(prior) + self.bias  # (B, n_tags)
+        """logits (B, n_tags), prior (B, n_priors, n_tags)."""
+        return logits + torch.einsum("c,bct->bt", self.prior_weight, torch.log1p(prior)) + self.bias
 
 
 class CachedTagModel(nn.Module):
-    def __init__(self, n_tags: int, item_vectors: torch.Tensor, cfg: TagModelConfig):
+    def __init__(self, n_tags: int, n_priors: int, item_vectors: torch.Tensor, cfg: TagModelConfig):
         super().__init__()
         d = cfg.dim
         # Row 0 is padding; frozen, and not saved with the weights (the store holds it).
@@ -61,11 +68,13 @@ class CachedTagModel(nn.Module):
         self.key = nn.Linear(d, d)
         self.value = nn.Linear(d, d)
         self.queries = nn.Parameter(torch.randn(n_tags, d) * d ** -0.5)  # one per tag
-        self.out = nn.Parameter(torch.randn(n_tags, d) * d ** -0.5)
-        self.head = _Head(n_tags)
+        # Zero: training starts from the counts term alone, i.e. from the "user's own tags"
+        # ranking, and the attention only adds what it learns on top.
+        self.out = nn.Parameter(torch.zeros(n_tags, d))
+        self.head = _Head(n_tags, n_priors)
 
     def forward(self, items: torch.Tensor, behaviors: torch.Tensor, prior: torch.Tensor):
-        """items, behaviors (B, T) left-padded (0 = none), prior (B, n_tags) ->
+        """items, behaviors (B, T) left-padded (0 = none), prior (B, n_priors, n_tags) ->
         logits (B, n_tags), attention (B, n_tags, T)."""
         T = items.shape[1]
         recency = torch.arange(T - 1, -1, -1, device=items.device).clamp(max=self.recency.num_embeddings - 1)
@@ -82,12 +91,13 @@ class CachedTagModel(nn.Module):
 
 
 class FinetuneTagModel(nn.Module):
-    def __init__(self, n_tags: int, encoder: nn.Module, cfg: TagModelConfig):
+    def __init__(self, n_tags: int, n_priors: int, encoder: nn.Module, cfg: TagModelConfig):
         super().__init__()
         self.encoder = encoder
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, n_tags)
-        self.head = _Head(n_tags)
+        nn.init.zeros_(self.classifier.weight)  # start from the counts term, as the cached model does
+        self.head = _Head(n_tags, n_priors)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prior: torch.Tensor):
         h = mean_pool(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,

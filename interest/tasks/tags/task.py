@@ -33,10 +33,14 @@ from interest.tasks.sequence.task import windows
 from interest.tasks.tags import labels as L
 from interest.tasks.tags.model import CachedTagModel, FinetuneTagModel, TagModelConfig
 from interest.text import encoder as E
+from interest.text.embed import item_vectors
 
 log = logging.getLogger(__name__)
 MODES = ("cached", "finetune")
 K = 5
+RECENT = 5  # events that make up "recent" interests, beside the whole history
+VISIT_GAP = 1800.0  # seconds of pause that start a new visit
+PRIORS = 3
 
 
 @dataclass
@@ -54,6 +58,9 @@ class TagsConfig:
         text_max_length: tokens of rendered behaviour (``finetune``).
         behavior_weights: label weight of view, click, fav, cart, buy.
         valid_share: share of users held out of training for validation.
+        loss: ``softmax`` (listwise over tags: ranks a user's tags, what P@k and mAP
+            measure) or ``bce`` (independent per tag); probabilities come from
+            calibration on the held-out users either way.
     """
 
     mode: str = "cached"
@@ -68,6 +75,7 @@ class TagsConfig:
     text_max_length: int = 128
     behavior_weights: list[float] = field(default_factory=lambda: list(L.BEHAVIOR_WEIGHTS))
     valid_share: float = 0.1
+    loss: str = "softmax"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -80,11 +88,14 @@ class TagsConfig:
             raise ConfigError(f"behavior_weights needs {len(S.BEHAVIORS)} values ({', '.join(S.BEHAVIORS)})")
         if not 0 < self.valid_share < 1:
             raise ConfigError("valid_share must be between 0 and 1")
+        if self.loss not in ("softmax", "bce"):
+            raise ConfigError(f"loss must be softmax or bce, got {self.loss!r}")
 
 
-def _held_out(user_idx: np.ndarray, share: float, salt: int = 0) -> np.ndarray:
-    """A fixed pseudo-random fraction of users, by a multiplicative hash of the index."""
-    h = ((user_idx.astype(np.uint64) + np.uint64(salt)) * np.uint64(2654435761)) % np.uint64(2 ** 32)
+def _user_uniform(user_idx: np.ndarray) -> np.ndarray:
+    """A number in [0, 1) per user, fixed by a multiplicative hash of the index: users
+    below ``valid_share`` are held out."""
+    h = (user_idx.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2 ** 32)
     return h.astype(np.float64) / 2 ** 32
 
 
@@ -93,7 +104,7 @@ class Examples:
     rows: np.ndarray  # rows of the batch
     items: np.ndarray  # (B, T) item_idx + 1, left-padded
     behaviors: np.ndarray  # (B, T) behaviour + 1
-    prior: np.ndarray  # (B, n_tags) behaviour-weighted tag counts of the history
+    prior: np.ndarray  # (B, PRIORS, n_tags) tag counts of the history (see TagsTask._history)
     target: np.ndarray  # (B, n_tags) label weights
 
 
@@ -111,10 +122,8 @@ class TagsTask(Task):
         items = items.sort_by(S.ITEM_IDX)
         meta.extra.update(tags=tags, labels=L.read_user_labels(cfg.labels, tags) if cfg.labels else None,
                           item_ids=items.column(S.ITEM_ID).to_pylist())
+        model_id, _ = E.resolve(cfg.encoder)  # a missing encoder fails here, on the driver
         if cfg.mode == "cached":
-            model_id, _ = E.resolve(cfg.encoder)
-            from interest.text.embed import item_vectors
-
             vectors, found = item_vectors(cfg.embeddings, model_id, items)
             if not found.all():
                 log.warning("%d of %d items have no vector of %s in %s (zeros used); rerun embed-items",
@@ -129,22 +138,27 @@ class TagsTask(Task):
     def build_model(self, cfg: TagsConfig, meta: Meta) -> nn.Module:
         tags = meta.extra["tags"]
         if cfg.mode == "cached":
-            return CachedTagModel(tags.n_tags, meta.extra["vectors"], cfg.model)
+            return CachedTagModel(tags.n_tags, PRIORS, meta.extra["vectors"], cfg.model)
         _, tokenizer, encoder = E.load(cfg.encoder)
         meta.extra["tokenizer"] = tokenizer
-        return FinetuneTagModel(tags.n_tags, encoder.train(), cfg.model)
+        return FinetuneTagModel(tags.n_tags, PRIORS, encoder.train(), cfg.model)
 
     def train_columns(self) -> list[str]:
         return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
 
     def examples(self, batch: dict[str, np.ndarray], cfg: TagsConfig, meta: Meta, phase: str) -> Examples | None:
-        """The users of ``batch`` in ``phase`` (train, valid, test) that have labels."""
+        """The users of ``batch`` in ``phase`` (train, valid, test, score) that have labels.
+
+        Training also cuts each training user's own train split at a random point and
+        predicts the rest of it: every user with two or more events teaches the model,
+        not only those active in the validation window.
+        """
         tags: L.TagSpace = meta.extra["tags"]
         n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
-        u = _held_out(batch[S.USER_IDX], cfg.valid_share)
+        u = _user_uniform(batch[S.USER_IDX])
         supplied = meta.extra.get("labels")
         if phase == "score":  # every user, reading everything they did; no labels
-            supplied, ends = None, n_train + n_valid + n_test
+            ends = n_train + n_valid + n_test
             rows = np.flatnonzero(ends > 0)
             if not len(rows):
                 return None
@@ -156,32 +170,37 @@ class TagsTask(Task):
                         "test": (u >= cfg.valid_share) & (u < 2 * cfg.valid_share)}[phase]
             ends = n_train + n_valid + n_test
             label_lists = [supplied.get(x, []) for x in batch[S.USER_ID]]
-            has = in_phase & np.array([len(x) > 0 for x in label_lists])
+            rows = np.flatnonzero(in_phase & np.array([len(x) > 0 for x in label_lists]) & (ends > 0))
+            ends, window_ends = ends[rows], ends[rows]
         else:
             in_phase = {"train": u >= cfg.valid_share, "valid": u < cfg.valid_share,
                         "test": np.ones(len(u), bool)}[phase]
             ends = n_train + (n_valid if phase == "test" else 0)
-            window = n_test if phase == "test" else n_valid
-            has = in_phase & (window > 0) & (ends > 0)
-        rows = np.flatnonzero(has)
+            window_ends = ends + (n_test if phase == "test" else n_valid)
+            rows = np.flatnonzero(in_phase & (window_ends > ends) & (ends > 0))
+            ends, window_ends = ends[rows], window_ends[rows]
+            if phase == "train":
+                cut = np.flatnonzero(in_phase & (n_train >= 2))
+                lo = np.ceil(n_train[cut] / 2).astype(np.int64)
+                rows = np.concatenate([rows, cut])
+                ends = np.concatenate([ends, lo + (np.random.random(len(cut)) * (n_train[cut] - lo)).astype(np.int64)])
+                window_ends = np.concatenate([window_ends, n_train[cut]])
         if not len(rows):
             return None
         sub = {k: v[rows] for k, v in batch.items()}
-        ends = ends[rows]
         items, behaviors, prior = self._history(sub, ends, cfg, meta)
         weights = np.asarray(cfg.behavior_weights, np.float32)
         if supplied is not None:
             target = np.zeros((len(rows), tags.n_tags), np.float32)
-            for i, x in enumerate(label_lists[j] for j in rows):
-                target[i, x] = 1.0
+            for i, r in enumerate(rows):
+                target[i, label_lists[r]] = 1.0
         else:
-            ev_rows, ev_items, ev_w = [], [], []
-            for i in range(len(rows)):
-                lo, hi = ends[i], ends[i] + (n_test if phase == "test" else n_valid)[rows[i]]
-                ev_items.append(np.asarray(sub["items"][i][lo:hi], np.int64))
-                ev_w.append(weights[np.asarray(sub["behaviors"][i][lo:hi], np.int64)])
-                ev_rows.append(np.full(hi - lo, i))
-            target = tags.matrix(np.concatenate(ev_rows), np.concatenate(ev_items), np.concatenate(ev_w),
+            lengths = window_ends - ends
+            ev_items = np.concatenate([np.asarray(sub["items"][i][ends[i]:window_ends[i]], np.int64)
+                                       for i in range(len(rows))])
+            ev_behaviors = np.concatenate([np.asarray(sub["behaviors"][i][ends[i]:window_ends[i]], np.int64)
+                                           for i in range(len(rows))])
+            target = tags.matrix(np.repeat(np.arange(len(rows)), lengths), ev_items, weights[ev_behaviors],
                                  len(rows), reduce="max")
         keep = target.max(1) > 0  # window items without tags teach nothing
         if not keep.any():
@@ -190,13 +209,22 @@ class TagsTask(Task):
 
     @staticmethod
     def _history(sub, ends, cfg: TagsConfig, meta: Meta):
-        """Left-padded (B, T) items + 1 and behaviours + 1 of events [end - T, end), and the
-        behaviour-weighted tag counts of those events."""
-        items, behaviors, _ = windows(sub, ends, min(cfg.model.max_len, max(int(ends.max()), 1)))
+        """Left-padded (B, T) items + 1 and behaviours + 1 of events [end - T, end), and
+        (B, PRIORS, n_tags) tag counts of those events: behaviour-weighted over all of
+        them, over the latest RECENT, and visits (events after a VISIT_GAP pause), since
+        a category met on many separate visits is an interest and one long visit may not be."""
+        items, behaviors, gaps = windows(sub, ends, min(cfg.model.max_len, max(int(ends.max()), 1)))
         weights = np.asarray(cfg.behavior_weights, np.float32)
+        tags: L.TagSpace = meta.extra["tags"]
         r, c = np.nonzero(items)
-        prior = meta.extra["tags"].matrix(r, items[r, c] - 1, weights[behaviors[r, c] - 1], len(ends))
-        return items, behaviors, prior
+        w = weights[behaviors[r, c] - 1]
+        channels = []
+        for keep, weight in ((slice(None), w), (c >= items.shape[1] - RECENT, w),
+                             ((gaps[r, c] > VISIT_GAP) | (c == 0) | (items[r, np.maximum(c - 1, 0)] == 0), None)):
+            rr, cc = r[keep], c[keep]
+            channels.append(tags.matrix(rr, items[rr, cc] - 1, np.ones(len(rr), np.float32) if weight is None
+                                        else weight[keep], len(ends)))
+        return items, behaviors, np.stack(channels, 1)
 
     def forward(self, model, ex: Examples, cfg: TagsConfig, meta: Meta, device):
         """(logits (B, n_tags), attention (B, n_tags, T) or None)."""
@@ -222,8 +250,12 @@ class TagsTask(Task):
         if ex is None:
             return None, {}
         logits, _ = self.forward(model, ex, cfg, meta, device)
-        loss = F.binary_cross_entropy_with_logits(logits, torch.as_tensor(ex.target, device=device))
-        return loss, {"bce": loss.item()}
+        target = torch.as_tensor(ex.target, device=device)
+        if cfg.loss == "bce":
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+        else:  # listwise: the user's label weights as a distribution over tags
+            loss = -(target / target.sum(1, keepdim=True) * torch.log_softmax(logits, 1)).sum(1).mean()
+        return loss, {cfg.loss: loss.item()}
 
     @torch.no_grad()
     def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: TagsConfig, meta: Meta, device,
@@ -327,8 +359,8 @@ class TagsTask(Task):
             start = time.perf_counter()
             logits, _ = self.forward(model, ex, cfg, meta, torch.device("cpu"))
             model_s += time.perf_counter() - start
-            scored = {"model": logits.numpy(), "popularity": np.broadcast_to(popularity, ex.prior.shape),
-                      "history": ex.prior + 1e-3 * popularity}  # the user's own tags, the rest by popularity
+            scored = {"model": logits.numpy(), "popularity": np.broadcast_to(popularity, ex.target.shape),
+                      "history": ex.prior[:, 0] + 1e-3 * popularity}  # the user's own tags, the rest by popularity
             for m in methods:
                 for key, v in multilabel_sums(scored[m], ex.target > 0, K).items():
                     sums[m][key] += v
