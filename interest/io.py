@@ -141,6 +141,16 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(inner, filesystem=fs, columns=columns)
 
 
+def count_rows(path: str) -> int:
+    """Rows of the Parquet files under ``path`` (0 if absent), from their footers only."""
+    import pyarrow.dataset as pads
+
+    if not exists(path):
+        return 0
+    fs, inner = filesystem(path)
+    return pads.dataset(inner, filesystem=fs, format="parquet").count_rows()
+
+
 def write_json(obj: Any, path: str) -> None:
     fs, inner = filesystem(path)
     fs.create_dir(posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner), recursive=True)

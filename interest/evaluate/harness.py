@@ -257,5 +257,6 @@ def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, basel
     task, cfg, model, state, meta = load_model(run, prepared)
     results = task.evaluate(model, cfg, meta, prepared, protocol=protocol, baselines=baselines,
                             batch_size=batch_size)
-    results.update(task=task.name, run=run, prepared=prepared, best_epoch=state.get("best_epoch"), seconds=round(time.time() - start, 1))
+    results.update(task=task.name, run=run, prepared=prepared, best_epoch=state.get("best_epoch"),
+                   seconds=round(time.time() - start, 1))
     return results

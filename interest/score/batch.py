@@ -56,7 +56,7 @@ def score(run: str, prepared: str, out: str, *, top_k: int = 10, concurrency: in
                                      batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency))
         fs, inner = io.filesystem(publication.path)
         rows.write_parquet(inner, filesystem=fs)
-        written = io.read_parquet(publication.path).num_rows if io.exists(publication.path) else 0
+        written = io.count_rows(publication.path)
         report = {"task": task.name, "run": run, "rows": written, "top_k": top_k,
                   **{k: v for k, v in params.items() if k != "top_k"}, "seconds": round(time.time() - start, 1)}
         io.write_json(report, io.join(publication.path, "_report.json"))  # "_": Parquet readers skip it

@@ -134,7 +134,7 @@ def embed_items(items: str, store: str, cfg: EmbedConfig) -> dict[str, Any]:
     run = io.join(store, f"run-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}")
     fs, inner = io.filesystem(run)
     vectors.write_parquet(inner, filesystem=fs)
-    written = io.read_parquet(run, columns=[S.ITEM_ID]).num_rows if io.exists(run) else 0
+    written = io.count_rows(run)
     if written:
         io.write_json({"complete": True, "model": model_id, "items": written}, io.join(run, io.SUCCESS))
     report = {"model": model_id, "items": total, "embedded": written, "already_embedded": total - written,
