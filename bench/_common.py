@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -72,6 +73,23 @@ def prepared_dataset(args, work: Path, synthetic_split: str = "leave_last") -> t
         run_measured([py, "-m", "interest.cli", "prepare", path, "--format", fmt, "--out", str(prepared),
                       "--overwrite", *sets, *extra], log=work / "prepare.log")
     return prepared, raw
+
+
+def embed_items(prepared: Path, work: Path, encoder: str | None = None) -> tuple[Path, dict]:
+    """Embed the prepared items' text into ``work/embeddings`` (reruns embed only new or
+    changed items); returns the store and the job's report with its wall seconds."""
+    store = work / "embeddings"
+    cmd = [sys.executable, "-m", "interest.cli", "embed-items", "--data", str(prepared), "--out", str(store)]
+    wall_s, _ = run_measured(cmd + (["--encoder", encoder] if encoder else []), log=work / "embed.log")
+    return store, {**last_json(work / "embed.log"), "wall_s": round(wall_s, 1)}
+
+
+def epoch_train_seconds(log: Path) -> list[float]:
+    """Training seconds of each epoch (validation excluded), from a train log's progress lines."""
+    found = {}
+    for m in re.finditer(r"epoch (\d+)/\d+: .*?; train ([\d.]+) s", log.read_text()):
+        found[int(m.group(1))] = float(m.group(2))
+    return [found[k] for k in sorted(found)]
 
 
 def last_json(log: Path) -> dict:

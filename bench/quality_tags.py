@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_dataset_args, emit_json, last_json, prepared_dataset, print_table, run_measured  # noqa: E402
+from _common import (add_dataset_args, embed_items, emit_json, last_json, prepared_dataset,  # noqa: E402
+                     print_table, run_measured)
 
 # How each dataset's item categories become tags (the choices).
 TAGS = {
@@ -48,12 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     prepared, _ = prepared_dataset(args, work, synthetic_split="time")
-    store = work / "embeddings"
-    encoder = ["--encoder", args.encoder] if args.encoder else []
-    embed_s, _ = run_measured([py, "-m", "interest.cli", "embed-items", "--data", str(prepared), "--out", str(store),
-                               *encoder], log=work / "embed.log")
-    embed = last_json(work / "embed.log")
-    figures: dict = {"dataset": name, "embed": {**embed, "wall_s": round(embed_s, 1)}}
+    store, embed = embed_items(prepared, work, args.encoder)
+    figures: dict = {"dataset": name, "embed": embed}
     rows = []
     results = {}
     for mode in [m for m in args.modes.split(",") if m]:
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cached / finetune: mAP x{c['map'] / f['map']:.3f}, users/s x{c['users_per_s'] / f['users_per_s']:.1f}"
               " (targets: mAP within 2%, >= 10x users/s)")
     print(f"item embedding: {embed['embedded']:,} embedded, {embed['already_embedded']:,} unchanged, "
-          f"{embed_s:.0f} s")
+          f"{embed['wall_s']:.0f} s")
     figures["tags"] = first["tags"]["tags"]
     emit_json(figures)
     return 0

@@ -95,6 +95,24 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _scalar(raw: str) -> Any:
+    """A command-line value as YAML reads it (numbers, booleans, lists), except where YAML
+    would read a plain string as syntax: ``separator=|`` is a block-scalar indicator to
+    YAML (giving "") and ``separator=#`` a comment (giving None), so those stay as typed."""
+    if not raw.strip():
+        return raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if value in (None, "") and raw.strip() not in (*_NULLS, '""', "''"):
+        return raw
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a nested dict."""
     data = dict(data)
@@ -102,7 +120,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        value = _scalar(raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

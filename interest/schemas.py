@@ -195,6 +195,31 @@ TAG_SCORES = pa.schema(
     ]
 )
 
+# Next actions per user (task `sequence`): the top-k next items with their probability
+# under the model's softmax over the catalogue, and on every row the most likely next
+# behaviour type with its probability.
+NEXT_ACTIONS = pa.schema(
+    [
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field("rank", pa.int16(), nullable=False),
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field("probability", pa.float32(), nullable=False),
+        pa.field("next_behavior", pa.string(), nullable=False),
+        pa.field("behavior_probability", pa.float32(), nullable=False),
+    ]
+)
+
+# Top-N recommendations per user (task `recommend`): the model's score, comparable within
+# one run only (an inner product, or an item-item model's sum).
+RECOMMENDATIONS = pa.schema(
+    [
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field("rank", pa.int16(), nullable=False),
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+    ]
+)
+
 
 class SchemaError(ValueError):
     """A table does not match the schema it is declared to have."""

@@ -32,6 +32,8 @@ METHODS = ("model", "popularity", "itemknn", "ease", "model+itemknn", "model+eas
 def print_table(results: dict) -> None:
     if results.get("task") == "tags":
         return print_tags_table(results)
+    if results.get("task") == "recommend":
+        return print_recommend_table(results)
     p = results["protocol"]
     print(f"\n{p['split']} metrics, {p['ranking']} ranking over every item, seen items "
           f"{'masked' if p['mask_seen'] else 'not masked'}, target = {p['target']} held-out event")
@@ -64,6 +66,29 @@ def print_tags_table(results: dict) -> None:
     print(f"model scored {results['model']['users_per_s']:,.0f} users/s")
     if results["tags"]["tags_without_items"]:
         print(f"{len(results['tags']['tags_without_items'])} tags cover no item category")
+
+
+def print_recommend_table(results: dict) -> None:
+    print("\ntest metrics: every item ranked, seen items masked, targets = each user's new items of the "
+          "test split")
+    print(f"{'method':<14} {'users':>7} {'Recall@10':>9} {'NDCG@10':>8} {'Recall@20':>9} {'NDCG@20':>8}  chosen on valid")
+    for name in ("model", "popularity", "itemknn", "ease"):
+        m = results.get(name)
+        if not m:
+            continue
+        if "skipped" in m:
+            print(f"{name:<14} skipped: {m['skipped']}")
+            continue
+        chosen = next((f"{p} {m[p]:g}" for p in ("lambda", "k") if p in m), "")
+        print(f"{name:<14} {m['users']:>7} {m['recall@10']:>9.4f} {m['ndcg@10']:>8.4f} {m['recall@20']:>9.4f} "
+              f"{m['ndcg@20']:>8.4f}  {chosen}")
+    cold = results.get("cold_start")
+    if cold:
+        print(f"\ncold start: {cold['items']:,} items held out of training; {cold['protocol']}")
+        for name in ("model", "favourite_category"):
+            m = cold[name]
+            print(f"{name:<20} {m['users']:>7} {m['recall@10']:>9.4f} {m['ndcg@10']:>8.4f} {m['recall@20']:>9.4f} "
+                  f"{m['ndcg@20']:>8.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,8 +44,10 @@ def _main(args: argparse.Namespace) -> int:
     if result.error:
         raise result.error
     metrics = result.metrics or {}
-    print(f"run {args.out}: best {cfg.train.metric} {metrics.get('best', float('nan')):.4f} "
-          f"at epoch {metrics.get('best_epoch')}, {metrics.get('epoch', -1) + 1} epochs")
+    best_epoch = metrics.get("best_epoch", -1)
+    where = f"at epoch {best_epoch + 1}" if best_epoch >= 0 else "before training (no epoch beat the initial model)"
+    print(f"run {args.out}: best {cfg.train.metric} {metrics.get('best', float('nan')):.4f} {where}, "
+          f"{metrics.get('epoch', -1) + 1} epochs")
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
     return 0
 

@@ -76,3 +76,12 @@ def test_bad_override_and_missing_file():
         config.load(Outer, None, ["epochs"])
     with pytest.raises(ConfigError, match="cannot read config file"):
         config.load(Outer, "/nonexistent.yaml")
+
+
+def test_overrides_keep_yaml_syntax_characters_as_typed():
+    # "|" and "#" are separators users pass (genres "Action|Comedy"); YAML alone reads them
+    # as a block scalar ("") and a comment (None).
+    for raw in ("|", "#", ">", "*"):
+        assert config.load(Outer, None, [f"inner.name={raw}"]).inner.name == raw
+    cfg = config.load(Outer, None, ["inner.name=null", "epochs=3", "on=true", "flags=[a, b]"])
+    assert cfg.inner.name is None and cfg.epochs == 3 and cfg.on and cfg.flags == ["a", "b"]

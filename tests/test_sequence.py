@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from interest.config import ConfigError
-from interest.tasks.sequence.model import SequenceModel, SequenceModelConfig, sampled_softmax_loss
+from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
+from interest.tasks.sequence.model import SequenceModel, SequenceModelConfig
 from interest.tasks.sequence.task import SequenceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,27 @@ def test_model_is_causal_and_finite_with_padding(kind):
     assert model.item_scores(h[:, -1]).shape == (2, 30)
 
 
+def test_text_vectors_tie_items_with_the_same_text():
+    """With item text vectors, two items with no id training but the same text share an
+    embedding, and their text moves the states and scores of the items that follow."""
+    torch.manual_seed(0)
+    vectors = torch.randn(30, 12)
+    vectors[7] = vectors[3]  # items 4 and 8 (1-based ids) have the same text
+    model = SequenceModel(30, SequenceModelConfig(dim=16, layers=1, heads=1, dropout=0.0, max_len=4), vectors).eval()
+    with torch.no_grad():
+        model.item.weight.zero_()  # ids carry nothing: only the text tells items apart
+    table = model.item_table()
+    assert torch.equal(table[0], torch.zeros(16))  # padding stays empty
+    assert torch.allclose(table[4], table[8]) and not torch.allclose(table[4], table[5])
+    gaps, behaviors = torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)
+    h4 = model(torch.tensor([[1, 2, 3, 4]]), behaviors, gaps)[:, -1]
+    h8 = model(torch.tensor([[1, 2, 3, 8]]), behaviors, gaps)[:, -1]
+    h5 = model(torch.tensor([[1, 2, 3, 5]]), behaviors, gaps)[:, -1]
+    assert torch.allclose(h4, h8, atol=1e-6) and not torch.allclose(h4, h5)
+    assert model.item_scores(h4).shape == (1, 30)
+    assert "item_vectors" not in model.state_dict()  # the vector store holds them, not the checkpoint
+
+
 def test_sampled_softmax_is_finite_and_ignores_duplicate_targets():
     torch.manual_seed(0)
     states = torch.randn(6, 8, requires_grad=True)
@@ -48,6 +70,21 @@ def test_sampled_softmax_is_finite_and_ignores_duplicate_targets():
     loss = sampled_softmax_loss(states, targets, weight, torch.log(torch.full((50,), 1 / 50)), 16)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(states.grad).all()
+
+
+def test_full_softmax_matches_cross_entropy_in_value_and_gradients():
+    torch.manual_seed(0)
+    states = torch.randn(70, 8, dtype=torch.float64, requires_grad=True)  # 70 rows: a partial last chunk
+    weight = torch.randn(40, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 40, (70,))
+    (3 * full_softmax_loss(states, targets, weight, chunk=16)).backward()  # the outer scale must reach both grads
+    got = states.grad.clone(), weight.grad.clone()
+    states.grad = weight.grad = None
+    (3 * torch.nn.functional.cross_entropy(states @ weight.t(), targets)).backward()
+    assert torch.allclose(got[0], states.grad) and torch.allclose(got[1], weight.grad)
+    with torch.no_grad():
+        assert torch.isclose(full_softmax_loss(states, targets, weight),
+                             torch.nn.functional.cross_entropy(states @ weight.t(), targets))
 
 
 def test_config_errors_name_the_problem():
@@ -108,6 +145,23 @@ def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind):
         assert results[name]["users"] == 320 and results[name]["hr@1"] < 0.5
         blend = results[f"model+{name}"]
         assert 0 < blend["weight"] < 1 and blend["hr@1"] > 0.8
+
+    # Batch scoring from everything each user did: the next item of the user's loop on top.
+    from interest.score.batch import score
+
+    score(str(tmp_path / "run"), str(loops_prepared), str(tmp_path / "scores"), top_k=3)
+    rows = pq.read_table(tmp_path / "scores").to_pylist()
+    raw = pq.read_table(loops_prepared.parent / "raw").sort_by("ts").to_pylist()
+    last = {r["user_id"]: r["item_id"] for r in raw}
+    assert len(rows) == 320 * 3 and {r["next_behavior"] for r in rows} == {"view"}
+    top = {r["user_id"]: r for r in rows if r["rank"] == 1}
+    loop, step = zip(*(last[u][1:].split("-") for u in sorted(top)))
+    expected = [f"L{g}-{(int(k) + 1) % 4}" for g, k in zip(loop, step)]
+    assert sum(top[u]["item_id"] == e for u, e in zip(sorted(top), expected)) > 0.8 * 320
+    by_user = {}
+    for r in rows:
+        by_user[r["user_id"]] = by_user.get(r["user_id"], 0.0) + r["probability"]
+    assert all(0 < p <= 1 + 1e-5 for p in by_user.values())  # shares of one softmax over the catalogue
 
 
 def test_bad_requests_fail_before_workers_start(loops_prepared, tmp_path):

@@ -46,8 +46,11 @@ class EASE:
         xt = x.t().coalesce()
         gram = torch.sparse.mm(xt, x).to_dense()
         gram.diagonal().add_(self.lam)
-        p = torch.linalg.inv(gram)
-        b = p / (-p.diagonal())
+        # X^T X + lambda I is symmetric positive definite: a Cholesky inverse takes about
+        # half the time of a general (LU) one, and dividing in place keeps one n^2 copy.
+        p = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+        del gram
+        b = p.div_(-p.diagonal().clone())
         b.diagonal().zero_()
         self.b_ = b
         return self

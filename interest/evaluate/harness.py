@@ -21,7 +21,7 @@ from interest import config as C
 from interest import io
 from interest import schemas as S
 from interest.evaluate.baselines import EASE, ItemKNN, Popularity, interaction_matrix
-from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
+from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, means_from_sums, seen_pairs, top_k_sums
 from interest.tasks import get_task
 from interest.train import checkpoint as ckpt
 
@@ -97,15 +97,23 @@ def collect(task, model, cfg, prepared: str, protocol: Protocol, batch_size: int
     return out
 
 
-def _baseline_ranks(scores_fn, c: Collected, protocol: Protocol, chunk: int = 1024) -> np.ndarray:
+def _ranks_by(scores_fn, c: Collected, protocol: Protocol, chunk: int = 1024) -> dict[Any, np.ndarray]:
+    """Ranks of every test target under each of the scorings ``scores_fn(lo, hi, histories)``
+    returns as a dict, in one pass: chunks of users share their history masks."""
     targets = c.cat("targets").astype(np.int64)
-    ranks = []
+    ranks: dict[Any, list[np.ndarray]] = {}
     for lo in range(0, len(targets), chunk):
         hi = min(lo + chunk, len(targets))
         hist = c.histories[lo:hi]
         seen = seen_pairs(hist) if protocol.mask_seen else (None, None)
-        ranks.append(ranks_from_scores(scores_fn(lo, hi, hist), torch.as_tensor(targets[lo:hi]), *seen).numpy())
-    return np.concatenate(ranks) if ranks else np.zeros(0)
+        t = torch.as_tensor(targets[lo:hi])
+        for key, scores in scores_fn(lo, hi, hist).items():
+            ranks.setdefault(key, []).append(ranks_from_scores(scores, t, *seen).numpy())
+    return {key: np.concatenate(r) for key, r in ranks.items()}
+
+
+def _baseline_ranks(scores_fn, c: Collected, protocol: Protocol) -> np.ndarray:
+    return _ranks_by(lambda lo, hi, hist: {None: scores_fn(lo, hi, hist)}, c, protocol).get(None, np.zeros(0))
 
 
 def read_events(prepared: str, columns: list[str], splits: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -141,6 +149,21 @@ def standardize(scores: torch.Tensor) -> torch.Tensor:
     return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-9)
 
 
+def grid_search(name: str, grid: tuple, measure, metric: str) -> tuple[Any, Any, list]:
+    """(best value, its payload, values tried) of ``measure(value) -> (valid metric,
+    payload)`` over the ordered ``grid``; stops once the metric falls, the grid being
+    ordered and the metric unimodal in it (past the peak)."""
+    best, searched = None, []
+    for value in grid:
+        searched.append(value)
+        score, payload = measure(value)
+        log.info("%s %s=%g: valid %s %.4f", name, GRIDS[name][0], value, metric, score)
+        if best is not None and score < best[1]:
+            break
+        best = (value, score, payload)
+    return best[0], best[2], searched
+
+
 def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: Collected, test: Collected,
                    protocol: Protocol, model_scores=None) -> dict[str, Any]:
     """Baseline ``name`` with its parameter chosen on the validation targets, refit on
@@ -155,37 +178,42 @@ def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: 
     if name == "ease" and n_items > EASE.MAX_ITEMS:
         return {"skipped": f"{n_items} items: above EASE's dense limit of {EASE.MAX_ITEMS}"}
 
-    def ranks(baseline, c: Collected, w: float = 1.0) -> np.ndarray:
-        states = torch.cat(c.states) if w < 1 else None
+    def ranks(baseline, c: Collected, weights: tuple[float, ...]) -> dict[float, np.ndarray]:
+        """Ranks under the baseline alone (weight 1) and under each blend weight."""
+        states = torch.cat(c.states) if model_scores is not None else None
 
         def scores(lo, hi, hist):
             s = baseline.score(history_matrix(hist, n_items))
-            if w == 1:
-                return s
-            return (1 - w) * standardize(model_scores(states[lo:hi])) + w * standardize(s)
+            if states is None:
+                return {1.0: s}
+            zm, zb = standardize(model_scores(states[lo:hi])), standardize(s)
+            return {w: s if w == 1 else (1 - w) * zm + w * zb for w in weights}
 
-        return _baseline_ranks(scores, c, protocol)
+        return _ranks_by(scores, c, protocol)
+
+    def ndcg(r: np.ndarray) -> float:
+        return metrics_from_ranks(r, KS).get("ndcg@10", 0.0)
 
     x = interaction_matrix(*train_events(prepared, (0,)), n_users, n_items)
-    best = None
-    for value in grid:
-        fitted = factory(value).fit(x)
-        m = metrics_from_ranks(ranks(fitted, valid), KS)
-        log.info("%s %s=%g: valid ndcg@10 %.4f", name, param, value, m.get("ndcg@10", 0))
-        if best is None or m.get("ndcg@10", 0) > best[1]:
-            best = (value, m.get("ndcg@10", 0), fitted)
+    weights = (1.0, *BLEND_WEIGHTS) if model_scores is not None else (1.0,)
+
+    def measure(value):
+        # Every blend weight is ranked in the same pass as the baseline: the scores are
+        # computed once per chunk, and only the cheap ranking repeats.
+        by_weight = ranks(factory(value).fit(x), valid, weights)
+        return ndcg(by_weight[1.0]), by_weight
+
+    value, by_weight, searched = grid_search(name, grid, measure, "ndcg@10")
     weight = None
     if model_scores is not None:
-        scored = []
-        for w in BLEND_WEIGHTS:
-            m = metrics_from_ranks(ranks(best[2], valid, w), KS)
-            log.info("model + %s, weight %.2f: valid ndcg@10 %.4f", name, w, m.get("ndcg@10", 0))
-            scored.append((m.get("ndcg@10", 0), w))
-        weight = max(scored)[1]
-    refit = factory(best[0]).fit(interaction_matrix(*train_events(prepared, (0, 1)), n_users, n_items))
-    result = {**metrics_from_ranks(ranks(refit, test), KS), param: best[0], f"{param}_chosen_on": "valid ndcg@10"}
+        weight = max(BLEND_WEIGHTS, key=lambda w: ndcg(by_weight[w]))
+        log.info("model + %s: weight %.2f, valid ndcg@10 %.4f", name, weight, ndcg(by_weight[weight]))
+    refit = factory(value).fit(interaction_matrix(*train_events(prepared, (0, 1)), n_users, n_items))
+    tested = ranks(refit, test, (1.0,) if weight is None else (1.0, weight))
+    result = {**metrics_from_ranks(tested[1.0], KS), param: value, f"{param}_chosen_on": "valid ndcg@10",
+              f"{param}_searched": searched}
     if weight is not None:
-        result["blend"] = {**metrics_from_ranks(ranks(refit, test, weight), KS), "weight": weight, param: best[0],
+        result["blend"] = {**metrics_from_ranks(tested[weight], KS), "weight": weight, param: value,
                            "weight_chosen_on": "valid ndcg@10"}
     return result
 
@@ -260,3 +288,118 @@ def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, basel
     results.update(task=task.name, run=run, prepared=prepared, best_epoch=state.get("best_epoch"),
                    seconds=round(time.time() - start, 1))
     return results
+
+
+@torch.no_grad()
+def evaluate_top_n(task, model, cfg, meta, prepared: str, baselines: tuple[str, ...] = ("popularity",),
+                   batch_size: int = 1024, ks: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
+    """Top-N metrics (Recall@k, NDCG@k over each user's new items of the test split, every
+    item ranked, seen items masked) of a ``recommend`` model beside the baselines, each
+    tuned baseline's parameter chosen on the validation users; with held-out items
+    (``cfg.holdout_items``), also their cold-start recall against a category baseline."""
+    import ray.data
+
+    protocol = Protocol(split="test", target="new items of the split", mask_seen=True)
+    tuned = [b for b in baselines if b in GRIDS]
+    phases = ("valid", "test") if tuned else ("test",)
+    got: dict[str, dict[str, list]] = {p: {"history": [], "targets": [], "cold": [], "cold_history": []}
+                                         for p in phases}
+    cold = meta.extra["cold"]
+    sums: dict[str, float] = {}
+    cold_rows: list[np.ndarray] = []
+    ds = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        for phase in phases:
+            users = task.users(batch, cfg, meta, phase)
+            if users is None:
+                continue
+            warm_targets = [t[~cold[t]] for t in users.targets]
+            got[phase]["history"].extend(users.history)
+            got[phase]["targets"].extend(warm_targets)
+            if phase == "test":
+                scores = task.scores(model, users, cfg, torch.device("cpu"))
+                _add(sums, top_k_sums(scores, warm_targets, users.history, ks))
+                if cold.any():  # only users who took up a held-out item: bounded memory
+                    cold_targets = [t[cold[t]] for t in users.targets]
+                    some = [i for i, t in enumerate(cold_targets) if len(t)]
+                    got[phase]["cold"].extend(cold_targets[i] for i in some)
+                    got[phase]["cold_history"].extend(users.history[i] for i in some)
+                    cold_rows.append(scores[some][:, torch.as_tensor(np.flatnonzero(cold))])
+    test = got["test"]
+    results: dict[str, Any] = {"protocol": protocol.as_dict(), "model": means_from_sums(sums)}
+    if not test["history"]:
+        return results
+
+    def top_k(score, c: dict[str, list], chunk: int = 1024) -> dict[str, float]:
+        """Metrics of ``score(sparse history rows)`` on the users of ``c``."""
+        out: dict[str, float] = {}
+        for lo in range(0, len(c["history"]), chunk):
+            hist = c["history"][lo:lo + chunk]
+            _add(out, top_k_sums(score(history_matrix(hist, meta.n_items)), c["targets"][lo:lo + chunk], hist, ks))
+        return means_from_sums(out)
+
+    def events(splits):
+        users, items = train_events(prepared, splits)
+        keep = ~cold[items]
+        return users[keep], items[keep]
+
+    pop = Popularity().fit(events((0, 1))[1], meta.n_items)
+    results["popularity"] = top_k(lambda x: pop.score(x.shape[0]), test)
+    metric = f"recall@{max(ks)}"
+    for name in tuned:
+        param, grid, factory = GRIDS[name]
+        if name == "ease" and meta.n_items > EASE.MAX_ITEMS:
+            results[name] = {"skipped": f"{meta.n_items} items: above EASE's dense limit of {EASE.MAX_ITEMS}"}
+            continue
+        x = interaction_matrix(*events((0,)), meta.n_users, meta.n_items)
+        value, _, searched = grid_search(name, grid, lambda v: (top_k(factory(v).fit(x).score, got["valid"])[metric],
+                                                                None), metric)
+        refit = factory(value).fit(interaction_matrix(*events((0, 1)), meta.n_users, meta.n_items))
+        results[name] = {**top_k(refit.score, test), param: value, f"{param}_chosen_on": f"valid {metric}",
+                         f"{param}_searched": searched}
+    if cold.any():
+        results["cold_start"] = cold_start(torch.cat(cold_rows), test["cold_history"], test["cold"], cold,
+                                           item_categories(prepared, meta.n_items), ks)
+    return results
+
+
+def cold_start(model_scores: torch.Tensor, histories: list[np.ndarray], cold_targets: list[np.ndarray],
+               cold: np.ndarray, categories: np.ndarray, ks: tuple[int, ...]) -> dict[str, Any]:
+    """Recall@k and NDCG@k of the held-out items a user took up in the test split, ranked
+    among the held-out items only, for the model and for "the user's favourite category
+    first": cold items ordered by how many of the user's history items share their
+    category, ties in a fixed random order (no popularity is known for an item nobody
+    has touched, and the item index follows popularity over every split)."""
+    cold_idx = np.flatnonzero(cold)
+    position = np.full(len(cold), -1, np.int64)
+    position[cold_idx] = np.arange(len(cold_idx))
+    targets = [position[t] for t in cold_targets]
+    n_cat = int(categories.max()) + 2
+    jitter = torch.as_tensor(np.random.default_rng(0).random(len(cold_idx)) * 0.5, dtype=torch.float32)
+    affinity = torch.zeros(len(histories), n_cat)
+    for u, h in enumerate(histories):
+        affinity[u] += torch.as_tensor(np.bincount(categories[h] + 1, minlength=n_cat), dtype=torch.float32)
+    affinity[:, 0] = 0  # items without a category say nothing about the user's taste
+    baseline = affinity[:, torch.as_tensor(categories[cold_idx] + 1)] + jitter
+    out = {"items": int(len(cold_idx)), "protocol": "test users' held-out items, ranked among the held-out items"}
+    for name, scores in (("model", model_scores), ("favourite_category", baseline)):
+        out[name] = means_from_sums(top_k_sums(scores, targets, None, ks))
+    return out
+
+
+def item_categories(prepared: str, n_items: int) -> np.ndarray:
+    """A category code per item (-1: none), by the item's full category string."""
+    items = io.read_parquet(io.join(prepared, "items"))
+    codes = np.full(n_items, -1, np.int64)
+    if S.CATEGORY in items.column_names:
+        cat = items.column(S.CATEGORY).combine_chunks().dictionary_encode()
+        idx = cat.indices.to_numpy(zero_copy_only=False)
+        valid = ~np.asarray(cat.is_null())
+        codes[items.column(S.ITEM_IDX).to_numpy()[valid]] = idx[valid]
+    return codes
+
+
+def _add(sums: dict[str, float], more: dict[str, float]) -> None:
+    for k, v in more.items():
+        sums[k] = sums.get(k, 0.0) + v
+

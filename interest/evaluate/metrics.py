@@ -127,3 +127,48 @@ def multilabel_sums(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dic
     return {f"p@{k}": float((cum[:, min(k, hits.shape[1]) - 1] / k).sum()),
             f"r@{k}": float((cum[:, min(k, hits.shape[1]) - 1] / n_rel).sum()),
             "map": float(ap.sum()), "users": int(has.sum())}
+
+
+
+def top_k_sums(scores: torch.Tensor, targets: list[np.ndarray], seen: list[np.ndarray] | None,
+               ks: tuple[int, ...] = (10, 20), chunk: int = 1024) -> dict[str, float]:
+    """Sums over users of Recall@k and NDCG@k of ranking every item by ``scores`` (U, I)
+    against each user's set of ``targets`` (several items per user, as in a test window);
+    ``seen`` items are masked first. Users with no target are left out (``users`` counts
+    the rest).
+
+    Each target is ranked as :func:`ranks_from_scores` ranks one (ties: lower index
+    first). Recall divides the hits by the user's number of targets, NDCG by the ideal
+    DCG of min(k, targets) hits.
+    """
+    keep = [i for i, t in enumerate(targets) if len(t)]
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")} | {"users": len(keep)}
+    if not keep:
+        return sums
+    scores = scores[keep].float().clone()
+    targets = [np.asarray(targets[i], np.int64) for i in keep]
+    if seen is not None:
+        rows, cols = seen_pairs([seen[i] for i in keep], scores.device)
+        if rows is not None:
+            scores[rows, cols] = float("-inf")
+    t_rows, t_items = seen_pairs(targets, scores.device)
+    ranks = torch.cat([ranks_from_scores(scores[t_rows[lo:lo + chunk]], t_items[lo:lo + chunk])
+                       for lo in range(0, len(t_rows), chunk)]).double()
+    n_targets = torch.as_tensor([len(t) for t in targets], dtype=torch.float64, device=scores.device)
+    for k in ks:
+        hit = ranks < k
+        gain = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
+        per_user = torch.zeros(len(targets), dtype=torch.float64, device=scores.device)
+        hits = per_user.index_add(0, t_rows, hit.double())
+        dcg = per_user.index_add(0, t_rows, gain)
+        ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=scores.device)), 0)
+        idcg = ideal[(n_targets.clamp(max=k) - 1).long()]
+        sums[f"recall@{k}"] = float((hits / n_targets).sum())
+        sums[f"ndcg@{k}"] = float((dcg / idcg).sum())
+    return sums
+
+
+def means_from_sums(sums: dict[str, float]) -> dict[str, float]:
+    """Per-user means of metric sums that carry their ``users`` count."""
+    n = max(sums.get("users", 0), 1)
+    return {k: v / n for k, v in sums.items() if k != "users"} | {"users": int(sums.get("users", 0))}

@@ -1,12 +1,14 @@
 """The task registry: every job (train, tune, score, evaluate) looks tasks up here."""
 
 from interest.tasks.base import Meta, Task, TrainConfig
+from interest.tasks.recommend.task import RecommendTask
 from interest.tasks.sequence.task import SequenceTask
 from interest.tasks.tags.task import TagsTask
 
 TASKS: dict[str, type[Task]] = {
     "sequence": SequenceTask,
     "tags": TagsTask,
+    "recommend": RecommendTask,
 }
 
 __all__ = ["TASKS", "Meta", "Task", "TrainConfig", "get_task"]

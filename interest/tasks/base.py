@@ -17,6 +17,7 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.data.prepare import load_report
+from interest.evaluate.metrics import means_from_sums
 
 
 @dataclass
@@ -64,6 +65,13 @@ class Meta:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # what a task loads for itself
 
 
+def uniform_hash(idx: np.ndarray) -> np.ndarray:
+    """A number in [0, 1) per index, fixed by a multiplicative hash: a repeatable way to
+    hold a share of users or items out (those below the share)."""
+    h = (idx.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2 ** 32)
+    return h.astype(np.float64) / 2 ** 32
+
+
 def load_meta(prepared: str) -> Meta:
     report = load_report(prepared)
     counts = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.COUNT]).column(S.COUNT)
@@ -75,6 +83,9 @@ class Task:
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    # Validate the model before the first epoch, so its initial weights are kept unless an
+    # epoch beats them: for tasks whose untrained model already gives a baseline's answer.
+    validate_initial: ClassVar[bool] = False
 
     def load_meta(self, cfg: Any, prepared: str) -> Meta:
         """Sizes of the prepared dataset, plus whatever else the task reads (runs on every worker)."""
@@ -83,9 +94,23 @@ class Task:
     def build_model(self, cfg: Any, meta: Meta) -> nn.Module:
         raise NotImplementedError
 
+    def closed_form(self, cfg: Any) -> bool:
+        """Whether ``cfg``'s model is fitted in one solve (:meth:`fit_closed_form`), not trained."""
+        return False
+
+    def fit_closed_form(self, model: nn.Module, cfg: Any, meta: Meta, prepared: str,
+                        valid_metric: Any) -> dict[str, Any]:
+        """Fit a closed-form model in place (``valid_metric(model)`` scores a candidate on
+        the validation users); returns the parameters it chose."""
+        raise NotImplementedError
+
     def train_columns(self) -> list[str]:
         """Columns of the prepared ``sequences`` table the task reads."""
         raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; a group without ``lr`` uses ``train.lr``."""
+        return [{"params": list(model.parameters())}]
 
     def loss(self, model: nn.Module, batch: dict[str, np.ndarray], cfg: Any, meta: Meta,
              device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
@@ -122,5 +147,4 @@ class Task:
         raise NotImplementedError
 
     def metrics_from_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("users", 0), 1)
-        return {k: v / n for k, v in sums.items() if k != "users"} | {"users": sums.get("users", 0)}
+        return means_from_sums(sums)

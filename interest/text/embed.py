@@ -161,3 +161,16 @@ def item_vectors(store: str, model_id: str, items: pa.Table) -> tuple[np.ndarray
     out = np.zeros((len(want), dim), np.float32)
     out[found] = flat[rows[found]]
     return out, found
+
+
+def prepared_item_vectors(prepared: str, store: str, encoder: str | None = None) -> tuple[np.ndarray, pa.Table]:
+    """(n_items, dim) vectors of a prepared dataset's items in ``item_idx`` order, and its
+    item table in that order. Items without a stored vector of their current text get
+    zeros, with a warning: the model still runs, and a rerun of embed-items fills them."""
+    items = io.read_parquet(io.join(prepared, "items")).sort_by(S.ITEM_IDX)
+    model_id, _ = E.resolve(encoder)  # a missing encoder fails here, on the driver
+    vectors, found = item_vectors(store, model_id, items)
+    if not found.all():
+        log.warning("%d of %d items have no vector of %s in %s (zeros used); rerun embed-items",
+                    (~found).sum(), len(found), model_id, store)
+    return vectors, items

@@ -30,12 +30,14 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in core.state_dict().items()}
 
 
-def save(folder: str, model: nn.Module, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def save(folder: str, model: nn.Module, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
          state: dict, vocab_path: str) -> None:
+    """``optimizer`` None: a closed-form model, nothing to resume."""
     os.makedirs(folder, exist_ok=True)
     save_file(weights(model), os.path.join(folder, MODEL))
     save_file(best, os.path.join(folder, BEST))
-    torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER))
     with open(os.path.join(folder, STATE), "w") as f:
         json.dump(state, f, indent=2)
     fs, inner = io.filesystem(vocab_path)

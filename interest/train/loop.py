@@ -10,6 +10,7 @@ Re-running with the same ``--out`` resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -39,6 +40,14 @@ def _allreduce(sums: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def _ddp_kwargs() -> dict[str, bool]:
+    """No model keeps running statistics in its buffers; they hold constants (frozen item
+    text vectors), which DDP would otherwise re-broadcast from rank 0 before every step.
+    torch 2.13 renamed the switch; the old name still works there, with a warning."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -50,6 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         package_log.addHandler(handler)
+        package_log.propagate = False  # Ray gives workers a root handler too: each line would print twice
     torch.set_num_threads(config.get("threads", 1))  # the CPUs Ray reserved for this worker
     task = get_task(config["task"])
     cfg = C.from_dict(task.config_cls, config["cfg"])
@@ -58,9 +68,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
     model = task.build_model(cfg, meta)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "task": config["task"],
              "config": config["cfg"], "prepared": config["prepared"]}
+    device = ray.train.torch.get_device()
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    vocab = io.join(config["prepared"], "vocab", "items.parquet")
+
+    def validate(model) -> tuple[dict[str, float], float]:
+        model.eval()
+        sums = task.validate(model, valid_shard.iter_batches(batch_size=tc.eval_batch_size, batch_format="numpy"),
+                             cfg, meta, device, "valid")
+        metrics = task.metrics_from_sums(_allreduce(sums))
+        return metrics, metrics.get(tc.metric, -math.inf)
+
+    if task.closed_form(cfg):
+        # One solve instead of epochs (EASE, ItemKNN, popularity): fit, validate, and
+        # checkpoint like an epoch, so evaluation and scoring read it as any other run.
+        start = time.perf_counter()
+        fitted = task.fit_closed_form(model, cfg, meta, config["prepared"], lambda m: validate(m)[1])
+        metrics, value = validate(model)
+        state.update(epoch=1, best=value, best_epoch=0, fitted=fitted)
+        log.info("fitted %s %s: valid %s %.4f in %.1f s", config["task"], fitted or "", tc.metric, value,
+                 time.perf_counter() - start)
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt.save(folder, model, ckpt.weights(model), None, state, vocab)
+            ray.train.report({**{f"valid/{k}": v for k, v in metrics.items()}, "epoch": 0, "best": value,
+                              "best_epoch": 0, "train_s": time.perf_counter() - start},
+                             checkpoint=ray.train.Checkpoint.from_directory(folder))
+        return
+
+    optimizer = torch.optim.AdamW(task.param_groups(model, cfg), lr=tc.lr, weight_decay=tc.weight_decay)
     best = ckpt.weights(model)
     restored = ray.train.get_checkpoint()
     if restored:
@@ -72,11 +110,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ckpt.load_optimizer(folder, optimizer)
         state["resumed_from"] = state["epoch"]
         log.info("resuming %s at epoch %d (best %s %.4f)", config["task"], state["epoch"], tc.metric, state["best"])
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
-    vocab = io.join(config["prepared"], "vocab", "items.parquet")
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=_ddp_kwargs())
+
+    if task.validate_initial and not restored:
+        # The task's untrained model is a meaningful answer (tags start as "the user's own
+        # tags"): it is the best to beat, and stays the result if no epoch beats it.
+        _, state["best"] = validate(model)
+        if rank == 0:
+            log.info("before training: valid %s %.4f", tc.metric, state["best"])
 
     for epoch in range(state["epoch"], tc.epochs):
         torch.manual_seed(tc.seed * 1000 + epoch * 10 + rank)  # dropout and sampling: repeatable
@@ -101,12 +142,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             losses.append(loss.item())
             steps += 1
         train_s = time.perf_counter() - start
-        model.eval()
         valid_start = time.perf_counter()
-        sums = task.validate(model, valid_shard.iter_batches(batch_size=tc.eval_batch_size, batch_format="numpy"),
-                             cfg, meta, device, "valid")
-        metrics = task.metrics_from_sums(_allreduce(sums))
-        value = metrics.get(tc.metric, -math.inf)
+        metrics, value = validate(model)
         if value > state["best"]:
             state.update(best=value, best_epoch=epoch, bad_epochs=0)
             best = ckpt.weights(model)
@@ -118,9 +155,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   "loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps,
                   "best": state["best"], "best_epoch": state["best_epoch"]}
         if rank == 0:  # one progress line per epoch; worker logs reach the driver's console
-            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d); train %.1f s (waiting for "
+            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f %s); train %.1f s (waiting for "
                      "data %.1f s), validation %.1f s", epoch + 1, tc.epochs, report["loss"], tc.metric, value,
-                     state["best"], state["best_epoch"] + 1, train_s, data_s, report["valid_s"])
+                     state["best"], f"at epoch {state['best_epoch'] + 1}" if state["best_epoch"] >= 0 else
+                     "before training", train_s, data_s, report["valid_s"])
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
@@ -155,6 +193,9 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
 
     task = check(task_name, prepared, cfg_dict, num_workers, cpus_per_worker)
     cfg = C.from_dict(task.config_cls, cfg_dict)
+    if task.closed_form(cfg) and num_workers > 1:
+        log.info("%s fits in closed form on one worker (asked for %d)", task_name, num_workers)
+        num_workers = 1
     # Workers do not share the driver's working directory; on a multi-node cluster the
     # prepared dataset must be on shared storage (s3://, NFS) anyway.
     prepared = prepared if io.is_s3(prepared) else os.path.abspath(prepared)

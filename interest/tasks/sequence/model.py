@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 N_BEHAVIORS = 5
 # Time gaps to the previous event, in log2 buckets of seconds: 0 s, 1 s, 2-3 s, ...
@@ -52,11 +51,21 @@ PRESETS = {
 
 
 class SequenceModel(nn.Module):
-    def __init__(self, n_items: int, cfg: SequenceModelConfig):
+    """``item_vectors`` (n_items, text dim), when given, are the items' text vectors
+    (frozen): an item's embedding is then its id embedding plus a learned projection of
+    its text, so items with few events borrow from items with similar text."""
+
+    def __init__(self, n_items: int, cfg: SequenceModelConfig, item_vectors: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
         self.item = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.text = None
+        if item_vectors is not None:
+            # Row 0 is padding; not saved with the weights (the vector store holds them).
+            self.register_buffer("item_vectors", torch.cat([item_vectors.new_zeros(1, item_vectors.shape[1]),
+                                                            item_vectors]), persistent=False)
+            self.text = nn.Linear(item_vectors.shape[1], d, bias=False)  # no bias: padding stays zero
         self.behavior = nn.Embedding(N_BEHAVIORS + 1, d, padding_idx=0)
         self.gap = nn.Embedding(N_GAP_BUCKETS, d, padding_idx=0)
         self.drop = nn.Dropout(cfg.dropout)
@@ -77,9 +86,19 @@ class SequenceModel(nn.Module):
         with torch.no_grad():
             self.item.weight[0].zero_()
 
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1, D) item embeddings, row 0 padding."""
+        if self.text is None:
+            return self.item.weight
+        return self.item.weight + self.text(self.item_vectors)
+
     def forward(self, items: torch.Tensor, behaviors: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """(B, T) left-padded inputs -> (B, T, D) states; state t has seen events <= t."""
-        x = self.item(items) + self.behavior(behaviors) + self.gap(gaps)  # (B, T, D)
+        if self.text is None:
+            x = self.item(items)
+        else:
+            x = self.item(items) + self.text(self.item_vectors[items])
+        x = x + self.behavior(behaviors) + self.gap(gaps)  # (B, T, D)
         pad = items == 0
         if self.cfg.kind == "sasrec":
             b, t = items.shape
@@ -99,29 +118,8 @@ class SequenceModel(nn.Module):
 
     def item_scores(self, states: torch.Tensor) -> torch.Tensor:
         """(N, D) states -> (N, n_items) scores of every item (padding excluded)."""
-        return states @ self.item.weight[1:].t()
+        return states @ self.item_table()[1:].t()
 
     def behavior_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.behavior_head(states)
 
-
-def sampled_softmax_loss(states: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
-                         log_q: torch.Tensor, n_uniform: int) -> torch.Tensor:
-    """Cross-entropy over in-batch targets plus uniform negatives, with log-q correction.
-
-    ``states`` (N, D), ``targets`` (N,) item indices (0-based), ``log_q`` (n_items,) the
-    log sampling probability of every item as an in-batch negative (its popularity):
-    subtracting it keeps popular items from being over-penalised (Yi et al., 2019).
-    """
-    n_items = item_weight.shape[0]
-    uniform = torch.randint(0, n_items, (n_uniform,), device=states.device)
-    cand = torch.cat([targets, uniform])  # (N + U,)
-    logits = states @ item_weight[cand].t()  # (N, N + U)
-    correction = torch.cat([log_q[targets], torch.full((n_uniform,), -float(torch.log(torch.tensor(n_items))),
-                                                       device=states.device)])
-    logits = logits - correction
-    # Another row's target equal to mine is not a negative.
-    same = targets.unsqueeze(1) == cand.unsqueeze(0)
-    same[torch.arange(len(targets)), torch.arange(len(targets))] = False
-    logits = logits.masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(targets), device=states.device))

@@ -6,15 +6,20 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from interest import io
+from interest import schemas as S
 from interest.config import ConfigError
 from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
-from interest.tasks.base import Meta, Task, TrainConfig
-from interest.tasks.sequence.model import (PRESETS, SequenceModel, SequenceModelConfig, gap_buckets,
-                                           sampled_softmax_loss)
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta
+from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
+from interest.tasks.sequence.model import PRESETS, SequenceModel, SequenceModelConfig, gap_buckets
+from interest.score.topn import top_n
+from interest.text.embed import prepared_item_vectors
 
 LOSSES = ("full", "sampled")
 KS = (10, 20)
@@ -30,6 +35,9 @@ class SequenceConfig:
         negatives: uniform negatives per step (``sampled``).
         behavior_weight: weight of the next-behaviour loss beside the next-item loss.
         mask_seen: validation masks items already in the user's history.
+        embeddings: item vector store of ``interest embed-items``: item embeddings then
+            add a learned projection of each item's text vector (None: ids only).
+        encoder: the encoder whose vectors to read from ``embeddings`` (None: the default).
     """
 
     preset: str | None = None
@@ -39,6 +47,8 @@ class SequenceConfig:
     negatives: int = 1024
     behavior_weight: float = 0.2
     mask_seen: bool = True
+    embeddings: str | None = None
+    encoder: str | None = None
 
     def __post_init__(self):
         if self.preset is not None:
@@ -89,11 +99,19 @@ class SequenceTask(Task):
     config_cls = SequenceConfig
     LENGTH_GROUPS = 4
 
+    def load_meta(self, cfg: SequenceConfig, prepared: str) -> Meta:
+        meta = load_meta(prepared)
+        meta.extra["item_ids"] = io.read_parquet(io.join(prepared, "vocab", "items.parquet"),
+                                                 columns=[S.ITEM_ID]).column(S.ITEM_ID).combine_chunks()
+        if cfg.embeddings:
+            meta.extra["vectors"] = torch.as_tensor(prepared_item_vectors(prepared, cfg.embeddings, cfg.encoder)[0])
+        return meta
+
     def build_model(self, cfg: SequenceConfig, meta: Meta) -> nn.Module:
-        return SequenceModel(meta.n_items, cfg.model)
+        return SequenceModel(meta.n_items, cfg.model, meta.extra.get("vectors"))
 
     def train_columns(self) -> list[str]:
-        return ["items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
+        return [S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
 
     def loss(self, model, batch, cfg: SequenceConfig, meta: Meta, device):
         n_train = batch["n_train"].astype(np.int64)
@@ -116,14 +134,22 @@ class SequenceTask(Task):
         s, t_item, t_behavior = torch.cat(states), torch.cat(t_items), torch.cat(t_behaviors)  # (N, D), (N,)
         core = _core(model)
         if cfg.loss == "full":
-            item_loss = F.cross_entropy(core.item_scores(s), t_item)
+            item_loss = full_softmax_loss(s, t_item, core.item_table()[1:])
         else:
             log_q = torch.log(torch.as_tensor(meta.item_counts, dtype=torch.float32, device=device).clamp(min=1)
                               / max(float(meta.item_counts.sum()), 1.0))
-            item_loss = sampled_softmax_loss(s, t_item, core.item.weight[1:], log_q, cfg.negatives)
+            item_loss = sampled_softmax_loss(s, t_item, core.item_table()[1:], log_q, cfg.negatives)
         behavior_loss = F.cross_entropy(core.behavior_logits(s), t_behavior)
         loss = item_loss + cfg.behavior_weight * behavior_loss
         return loss, {"item_loss": item_loss.item(), "behavior_loss": behavior_loss.item()}
+
+    @torch.no_grad()
+    def user_states(self, model, sub: dict[str, np.ndarray], ends: np.ndarray, cfg: SequenceConfig,
+                    device) -> torch.Tensor:
+        """(U, D) state of each user of ``sub`` after its events [0, end)."""
+        items, behaviors, gaps = windows(sub, ends, min(cfg.model.max_len, int(ends.max())))
+        items, behaviors, gaps = _tensors(device, items, behaviors, gaps)
+        return _core(model)(items, behaviors, gap_buckets(gaps))[:, -1]
 
     @torch.no_grad()
     def predict(self, model, batch, cfg: SequenceConfig, device, split: str = "valid"):
@@ -143,14 +169,40 @@ class SequenceTask(Task):
             return rows, None, None, None, None, []
         sub = {k: v[rows] for k, v in batch.items()}
         ends = ends[rows]
-        items, behaviors, gaps = windows(sub, ends, min(cfg.model.max_len, int(ends.max())))
-        items, behaviors, gaps = _tensors(device, items, behaviors, gaps)
-        core = _core(model)
-        states = core(items, behaviors, gap_buckets(gaps))[:, -1]  # (U, D): after the last event
+        states = self.user_states(model, sub, ends, cfg, device)
         target_items = np.array([sub["items"][r][ends[r]] for r in range(len(rows))], np.int64)
         target_behaviors = np.array([sub["behaviors"][r][ends[r]] for r in range(len(rows))], np.int64)
         history = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
-        return rows, states, core.behavior_logits(states), target_items, target_behaviors, history
+        return rows, states, _core(model).behavior_logits(states), target_items, target_behaviors, history
+
+    @torch.no_grad()
+    def score(self, model, batch: dict[str, np.ndarray], cfg: SequenceConfig, meta: Meta, device, *,
+              top_k: int = 10) -> pa.Table:
+        """Each user's next actions (:data:`interest.schemas.NEXT_ACTIONS`) after everything
+        the user did: the top-k items, excluding those already seen when ``mask_seen``
+        (as in evaluation), and the most likely next behaviour type."""
+        ends = sum(batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
+        rows = np.flatnonzero(ends > 0)
+        if not len(rows):
+            return S.NEXT_ACTIONS.empty_table()
+        sub, ends = {k: v[rows] for k, v in batch.items()}, ends[rows]
+        states = self.user_states(model, sub, ends, cfg, device)
+        seen = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
+        scores, top, lse = top_n(states, _core(model).item_table()[1:], top_k, seen if cfg.mask_seen else None)
+        probs = torch.exp(scores - lse[:, None]).cpu().numpy()
+        top = top.cpu().numpy()
+        behavior = torch.softmax(_core(model).behavior_logits(states), 1).cpu().numpy()
+        kept = np.isfinite(scores.cpu().numpy())  # fewer unseen items than top_k
+        user_rows, ranks = np.nonzero(kept)
+        item_ids = meta.extra["item_ids"]
+        return pa.table({
+            S.USER_ID: pa.array(sub[S.USER_ID][user_rows].tolist(), pa.string()),
+            "rank": pa.array(ranks + 1, pa.int16()),
+            S.ITEM_ID: pa.array(item_ids.take(pa.array(top[user_rows, ranks])).to_pylist(), pa.string()),
+            "probability": pa.array(probs[user_rows, ranks], pa.float32()),
+            "next_behavior": pa.array(np.asarray(S.BEHAVIORS)[behavior.argmax(1)][user_rows], pa.string()),
+            "behavior_probability": pa.array(behavior.max(1)[user_rows], pa.float32()),
+        }, schema=S.NEXT_ACTIONS)
 
     def item_scores(self, model, states: torch.Tensor) -> torch.Tensor:
         return _core(model).item_scores(states)

@@ -28,12 +28,12 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.evaluate.metrics import multilabel_sums
-from interest.tasks.base import Meta, Task, TrainConfig, load_meta
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash
 from interest.tasks.sequence.task import windows
 from interest.tasks.tags import labels as L
 from interest.tasks.tags.model import CachedTagModel, FinetuneTagModel, TagModelConfig
 from interest.text import encoder as E
-from interest.text.embed import item_vectors
+from interest.text.embed import prepared_item_vectors
 
 log = logging.getLogger(__name__)
 MODES = ("cached", "finetune")
@@ -56,6 +56,8 @@ class TagsConfig:
         encoder: Hugging Face encoder folder or name; None: the packaged default.
         embeddings: item vector store of ``interest embed-items`` (``cached``).
         text_max_length: tokens of rendered behaviour (``finetune``).
+        encoder_lr: learning rate of the encoder's weights (``finetune``); the classifier
+            and head use ``train.lr``.
         behavior_weights: label weight of view, click, fav, cart, buy.
         valid_share: share of users held out of training for validation.
         loss: ``softmax`` (listwise over tags: ranks a user's tags, what P@k and mAP
@@ -73,6 +75,7 @@ class TagsConfig:
     encoder: str | None = None
     embeddings: str | None = None
     text_max_length: int = 128
+    encoder_lr: float = 5e-5
     behavior_weights: list[float] = field(default_factory=lambda: list(L.BEHAVIOR_WEIGHTS))
     valid_share: float = 0.1
     loss: str = "softmax"
@@ -92,11 +95,20 @@ class TagsConfig:
             raise ConfigError(f"loss must be softmax or bce, got {self.loss!r}")
 
 
-def _user_uniform(user_idx: np.ndarray) -> np.ndarray:
-    """A number in [0, 1) per user, fixed by a multiplicative hash of the index: users
-    below ``valid_share`` are held out."""
-    h = (user_idx.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2 ** 32)
-    return h.astype(np.float64) / 2 ** 32
+def tag_popularity(prepared: str, tags: L.TagSpace, behavior_weights: list[float]) -> np.ndarray:
+    """Behaviour-weighted tag counts of the training events (split 0), plus one: the
+    model's prior for tags a user has not shown. Streams the events a batch at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    fs, inner = io.filesystem(io.join(prepared, "events"))
+    weights = np.asarray(behavior_weights, np.float32)
+    counts = np.ones(tags.n_tags, np.float32)
+    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(
+            columns=[S.ITEM_IDX, S.BEHAVIOR], filter=pc.field(S.SPLIT) == 0):
+        counts += tags.matrix(np.zeros(b.num_rows, np.int64), b.column(S.ITEM_IDX).to_numpy(),
+                              weights[b.column(S.BEHAVIOR).to_numpy().astype(np.int64)], 1)[0]
+    return counts
 
 
 @dataclass
@@ -111,37 +123,45 @@ class Examples:
 class TagsTask(Task):
     name = "tags"
     config_cls = TagsConfig
+    validate_initial = True  # the untrained head ranks as "the user's own tags" (see model._Head)
 
     def load_meta(self, cfg: TagsConfig, prepared: str) -> Meta:
         meta = load_meta(prepared)
-        items = io.read_parquet(io.join(prepared, "items"))
+        if cfg.mode == "cached":
+            vectors, items = prepared_item_vectors(prepared, cfg.embeddings, cfg.encoder)
+            meta.extra["vectors"] = torch.as_tensor(vectors)
+        else:
+            E.resolve(cfg.encoder)  # a missing encoder fails here, on the driver
+            items = io.read_parquet(io.join(prepared, "items")).sort_by(S.ITEM_IDX)
+            titles = items.column(S.TITLE).to_pylist() if S.TITLE in items.column_names else [None] * len(items)
+            cats = items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names else [None] * len(items)
+            meta.extra["texts"] = [f"{t or ''} [{c or ''}]".strip() for t, c in zip(titles, cats)]
         tags = L.build(items, taxonomy=cfg.taxonomy, source=cfg.tag_source, separator=cfg.separator)
         if tags.n_tags < 2:
             raise ConfigError(f"{tags.n_tags} tag(s) in {prepared}'s items: nothing to classify "
                               "(no categories? give taxonomy=PATH)")
-        items = items.sort_by(S.ITEM_IDX)
-        meta.extra.update(tags=tags, labels=L.read_user_labels(cfg.labels, tags) if cfg.labels else None,
+        meta.extra.update(tags=tags, popularity=torch.as_tensor(tag_popularity(prepared, tags, cfg.behavior_weights)),
+                          labels=L.read_user_labels(cfg.labels, tags) if cfg.labels else None,
                           item_ids=items.column(S.ITEM_ID).to_pylist())
-        model_id, _ = E.resolve(cfg.encoder)  # a missing encoder fails here, on the driver
-        if cfg.mode == "cached":
-            vectors, found = item_vectors(cfg.embeddings, model_id, items)
-            if not found.all():
-                log.warning("%d of %d items have no vector of %s in %s (zeros used); rerun embed-items",
-                            (~found).sum(), len(found), model_id, cfg.embeddings)
-            meta.extra["vectors"] = torch.as_tensor(vectors)
-        else:
-            titles = items.column(S.TITLE).to_pylist() if S.TITLE in items.column_names else [None] * len(items)
-            cats = items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names else [None] * len(items)
-            meta.extra["texts"] = [f"{t or ''} [{c or ''}]".strip() for t, c in zip(titles, cats)]
         return meta
 
     def build_model(self, cfg: TagsConfig, meta: Meta) -> nn.Module:
         tags = meta.extra["tags"]
         if cfg.mode == "cached":
-            return CachedTagModel(tags.n_tags, PRIORS, meta.extra["vectors"], cfg.model)
+            return CachedTagModel(tags.n_tags, PRIORS, meta.extra["popularity"], meta.extra["vectors"], cfg.model)
         _, tokenizer, encoder = E.load(cfg.encoder)
         meta.extra["tokenizer"] = tokenizer
-        return FinetuneTagModel(tags.n_tags, PRIORS, encoder.train(), cfg.model)
+        return FinetuneTagModel(tags.n_tags, PRIORS, meta.extra["popularity"], encoder.train(), cfg.model)
+
+    def param_groups(self, model, cfg: TagsConfig) -> list[dict[str, Any]]:
+        if cfg.mode == "cached":
+            return super().param_groups(model, cfg)
+        # A pretrained encoder takes the small steps fine-tuning needs; the new classifier
+        # and head would barely move at that rate.
+        encoder = list(model.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        return [{"params": encoder, "lr": cfg.encoder_lr}, {"params": rest}]
 
     def train_columns(self) -> list[str]:
         return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
@@ -155,7 +175,7 @@ class TagsTask(Task):
         """
         tags: L.TagSpace = meta.extra["tags"]
         n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
-        u = _user_uniform(batch[S.USER_IDX])
+        u = uniform_hash(batch[S.USER_IDX])  # users below valid_share are held out
         supplied = meta.extra.get("labels")
         if phase == "score":  # every user, reading everything they did; no labels
             ends = n_train + n_valid + n_test

@@ -1,0 +1,157 @@
+"""Models of the ``recommend`` task: a two-tower network and the closed-form baselines.
+
+Every model maps a user's history to one score per item, so the task's training,
+evaluation and scoring treat them alike; the closed-form ones (EASE, ItemKNN,
+popularity) are plain modules whose fitted matrices are buffers, saved and loaded like
+any weights. Users can ship whichever wins on their data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from interest.tasks.sequence.model import N_BEHAVIORS
+
+KINDS = ("two_tower", "ease", "itemknn", "popularity")
+
+
+@dataclass
+class RecommendModelConfig:
+    """Args:
+        kind: ``two_tower`` (trained), or a closed-form model: ``ease``, ``itemknn``,
+            ``popularity``.
+        dim: embedding size (``two_tower``).
+        heads: attention-pooling heads of the user tower.
+        dropout: on event vectors (``two_tower``).
+        id_dropout: share of items whose id embedding is dropped at each training step,
+            so that the text part alone learns to place an item (what a cold item has).
+        max_len: most recent events the user tower reads.
+        lam: EASE's L2 regularisation; None: chosen on the validation users.
+        k: ItemKNN's neighbours per item; None: chosen on the validation users.
+    """
+
+    kind: str = "two_tower"
+    dim: int = 64
+    heads: int = 2
+    dropout: float = 0.1
+    id_dropout: float = 0.1
+    max_len: int = 50
+    lam: float | None = None
+    k: int | None = None
+
+
+class TwoTower(nn.Module):
+    """User tower: attention pooling over the user's recent events; item tower: an id
+    embedding plus a projection of the item's frozen text vector.
+
+    The item tower also embeds the history's events, so users and items live in one
+    space. Each event is its item's vector plus behaviour-type and recency embeddings;
+    ``heads`` learned attention scorers weigh the events (a purchase a day ago counts
+    differently from a view last month), and their pooled vectors map to the user vector.
+    Items with no training events (``warm`` is 0) are represented by their text alone:
+    their id embeddings never met a positive example and would only add noise.
+    """
+
+    def __init__(self, n_items: int, cfg: RecommendModelConfig, item_vectors: torch.Tensor | None = None,
+                 warm: torch.Tensor | None = None):
+        super().__init__()
+        d = cfg.dim
+        self.id_dropout = cfg.id_dropout
+        self.item = nn.Embedding(n_items + 1, d, padding_idx=0)  # row 0: padding
+        nn.init.normal_(self.item.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+        warm = torch.ones(n_items) if warm is None else warm.float()
+        # Derived from the prepared data, like the text vectors: not saved with the weights.
+        self.register_buffer("warm", torch.cat([torch.zeros(1), warm]), persistent=False)
+        self.text = None
+        if item_vectors is not None:
+            self.register_buffer("item_vectors", torch.cat([torch.zeros(1, item_vectors.shape[1]), item_vectors]),
+                                 persistent=False)
+            self.text = nn.Linear(item_vectors.shape[1], d, bias=False)
+        self.behavior = nn.Embedding(N_BEHAVIORS + 1, d, padding_idx=0)
+        self.recency = nn.Embedding(cfg.max_len, d)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.attend = nn.Linear(d, cfg.heads)
+        self.out = nn.Sequential(nn.Linear(cfg.heads * d, d), nn.GELU(), nn.Linear(d, d))
+        self.skip = nn.Linear(cfg.heads * d, d)
+
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1, D) item vectors, row 0 padding."""
+        keep = self.warm
+        if self.training and self.text is not None and self.id_dropout > 0:
+            keep = keep * (torch.rand_like(keep) >= self.id_dropout)
+        table = self.item.weight * keep[:, None]
+        if self.text is not None:
+            table = table + self.text(self.item_vectors)
+        return table
+
+    def forward(self, items: torch.Tensor, behaviors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items, behaviors (B, T) left-padded (0 = none; items as index + 1) ->
+        (user vectors (B, D), item table (n_items + 1, D)): one call computes both, so the
+        training loss goes through DDP's forward and the table is built once per step."""
+        table = self.item_table()
+        T = items.shape[1]
+        recency = torch.arange(T - 1, -1, -1, device=items.device).clamp(max=self.recency.num_embeddings - 1)
+        x = self.drop(self.norm(table[items] + self.behavior(behaviors) + self.recency(recency)))  # (B, T, D)
+        att = self.attend(x).masked_fill((items == 0)[..., None], float("-inf"))  # (B, T, H)
+        att = torch.softmax(att, 1).nan_to_num(0.0)  # a user with no events pools nothing
+        pooled = torch.einsum("bth,btd->bhd", att, x).flatten(1)  # (B, H * D)
+        return self.skip(pooled) + self.out(pooled), table
+
+    def scores(self, items: torch.Tensor, behaviors: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) scores of every item."""
+        users, table = self(items, behaviors)
+        return users @ table[1:].t()
+
+
+class ItemItem(nn.Module):
+    """Scores = the user's binary history row times an (n_items, n_items) item-item
+    matrix: EASE's dense weights, or ItemKNN's sparse top-k similarities (stored as
+    index and value buffers, so large catalogues stay sparse on disk too)."""
+
+    def __init__(self, n_items: int, dense: bool):
+        super().__init__()
+        self.n_items, self.dense = n_items, dense
+        if dense:
+            self.register_buffer("weight", torch.zeros(n_items, n_items))
+        else:
+            self.register_buffer("indices", torch.zeros(2, 0, dtype=torch.long))
+            self.register_buffer("values", torch.zeros(0))
+
+    def set(self, matrix: torch.Tensor) -> "ItemItem":
+        if self.dense:
+            self.weight = matrix.to_dense() if matrix.is_sparse else matrix
+        else:
+            matrix = matrix.coalesce()
+            self.indices, self.values = matrix.indices(), matrix.values()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if not self.dense:  # sparse sizes are known only from the saved weights
+            self.indices = torch.empty_like(state_dict[prefix + "indices"])
+            self.values = torch.empty_like(state_dict[prefix + "values"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """``history`` sparse (B, n_items) -> (B, n_items) scores."""
+        if self.dense:
+            return torch.sparse.mm(history, self.weight)
+        sim = torch.sparse_coo_tensor(self.indices, self.values, (self.n_items, self.n_items))
+        return torch.sparse.mm(history, sim).to_dense()
+
+
+class PopularityModel(nn.Module):
+    """The same ranking for everyone: items by their number of training events."""
+
+    def __init__(self, n_items: int):
+        super().__init__()
+        self.n_items = n_items
+        self.register_buffer("counts", torch.zeros(n_items))
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.counts.expand(history.shape[0], -1)

@@ -1,0 +1,309 @@
+"""Task ``recommend``: the top N items each user is likely to take up next.
+
+Examples come from the prepared sequences. Training cuts each user's training events at
+random points: the events before a cut are the history, a new item (one the history
+does not hold) among the ``window`` events after it is the target. Validation and test
+mirror the split: the history is everything before the valid (test) events, the targets
+are the split's items the history does not hold, and every item is ranked (seen items
+masked), Recall@k and NDCG@k over a user's targets.
+
+``model.kind`` picks a trained two-tower network or a closed-form model (EASE, ItemKNN,
+popularity); the closed-form ones fit in one solve (see :meth:`fit_closed_form`) and
+then evaluate and score like the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import torch
+import torch.nn as nn
+
+from interest import io
+from interest import schemas as S
+from interest.config import ConfigError
+from interest.evaluate.baselines import EASE, ItemKNN, interaction_matrix
+from interest.evaluate.metrics import top_k_sums
+from interest.score.topn import top_n, top_of_rows
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash
+from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
+from interest.tasks.recommend.model import KINDS, ItemItem, PopularityModel, RecommendModelConfig, TwoTower
+from interest.tasks.sequence.task import windows
+from interest.text.embed import prepared_item_vectors
+
+log = logging.getLogger(__name__)
+KS = (10, 20)
+LOSSES = ("auto", "full", "sampled")
+EXCLUDE = ("bought", "seen", "none")
+BUY = S.BEHAVIORS.index("buy")
+
+
+@dataclass
+class RecommendConfig:
+    """Args:
+        model: which model and its sizes (``model.kind``).
+        train: optimisation; ``train.metric`` is ``recall@20`` on the validation users.
+        loss: ``full`` softmax over the catalogue, ``sampled`` (in-batch + uniform
+            negatives, log-q corrected), or ``auto``: full up to ``full_max_items``.
+        full_max_items: largest catalogue ``auto`` trains with the full softmax.
+        negatives: uniform negatives per step (``sampled``).
+        samples: training examples (cut points) per user and epoch.
+        window: events after a cut whose new items are its targets.
+        embeddings: item vector store of ``interest embed-items``; the item tower adds
+            each item's text vector, which is what reaches cold items (None: ids only).
+        encoder: the encoder whose vectors to read from ``embeddings`` (None: the default).
+        exclude: items kept out of a user's scored top N: those the user ``bought``,
+            everything ``seen``, or ``none``. Evaluation always masks everything seen.
+        holdout_items: share of items held out of training entirely (their events
+            dropped), to measure cold start: evaluation reports their recall separately.
+    """
+
+    model: RecommendModelConfig = field(default_factory=RecommendModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="recall@20", lr=2e-3, epochs=30))
+    loss: str = "auto"
+    full_max_items: int = 200_000
+    negatives: int = 1024
+    samples: int = 4
+    window: int = 10
+    embeddings: str | None = None
+    encoder: str | None = None
+    exclude: str = "bought"
+    holdout_items: float = 0.0
+
+    def __post_init__(self):
+        if self.model.kind not in KINDS:
+            raise ConfigError(f"model.kind must be one of {', '.join(KINDS)}, got {self.model.kind!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.exclude not in EXCLUDE:
+            raise ConfigError(f"exclude must be one of {', '.join(EXCLUDE)}, got {self.exclude!r}")
+        if not 0 <= self.holdout_items < 1:
+            raise ConfigError("holdout_items must lie in [0, 1)")
+        if self.samples < 1 or self.window < 1:
+            raise ConfigError("samples and window must be >= 1")
+
+
+@dataclass
+class Users:
+    """Users of a batch with what a model needs to score them."""
+
+    rows: np.ndarray  # rows of the batch
+    items: np.ndarray  # (U, T) recent history, item_idx + 1, left-padded
+    behaviors: np.ndarray  # (U, T) behaviour + 1
+    history: list[np.ndarray]  # distinct item_idx of the whole history
+    targets: list[np.ndarray]  # distinct new item_idx of the split (empty when scoring)
+    bought: list[np.ndarray] | None = None
+
+
+def event_counts(prepared: str, n_items: int, splits: tuple[int, ...] = (0,)) -> np.ndarray:
+    """Events per item in ``splits`` of the prepared events, streamed a batch at a time."""
+    fs, inner = io.filesystem(io.join(prepared, "events"))
+    counts = np.zeros(n_items, np.int64)
+    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(
+            columns=[S.ITEM_IDX], filter=pc.field(S.SPLIT).isin(list(splits))):
+        counts += np.bincount(b.column(S.ITEM_IDX).to_numpy(), minlength=n_items)
+    return counts
+
+
+def _core(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class RecommendTask(Task):
+    name = "recommend"
+    config_cls = RecommendConfig
+
+    def load_meta(self, cfg: RecommendConfig, prepared: str) -> Meta:
+        meta = load_meta(prepared)
+        meta.extra["item_ids"] = io.read_parquet(io.join(prepared, "vocab", "items.parquet"),
+                                                 columns=[S.ITEM_ID]).column(S.ITEM_ID).combine_chunks()
+        cold = uniform_hash(np.arange(meta.n_items)) < cfg.holdout_items
+        meta.extra["cold"] = cold
+        train_counts = event_counts(prepared, meta.n_items, (0,))
+        train_counts[cold] = 0
+        meta.extra["train_counts"] = train_counts
+        if cfg.embeddings and cfg.model.kind == "two_tower":
+            meta.extra["vectors"] = torch.as_tensor(prepared_item_vectors(prepared, cfg.embeddings, cfg.encoder)[0])
+        return meta
+
+    def build_model(self, cfg: RecommendConfig, meta: Meta) -> nn.Module:
+        kind = cfg.model.kind
+        if kind == "two_tower":
+            return TwoTower(meta.n_items, cfg.model, meta.extra.get("vectors"),
+                            torch.as_tensor(meta.extra["train_counts"] > 0))
+        if kind == "popularity":
+            return PopularityModel(meta.n_items)
+        if kind == "ease" and meta.n_items > EASE.MAX_ITEMS:
+            raise ConfigError(f"model.kind=ease needs a dense {meta.n_items:,}^2 matrix; above "
+                              f"{EASE.MAX_ITEMS:,} items use model.kind=itemknn or two_tower")
+        return ItemItem(meta.n_items, dense=kind == "ease")
+
+    def closed_form(self, cfg: RecommendConfig) -> bool:
+        return cfg.model.kind != "two_tower"
+
+    def fit_closed_form(self, model: nn.Module, cfg: RecommendConfig, meta: Meta, prepared: str,
+                        valid_metric: Callable[[nn.Module], float]) -> dict[str, Any]:
+        """Fit a closed-form model in place; returns its chosen parameters.
+
+        An open regulariser (``model.lam``, ``model.k`` None) is searched on the
+        validation users with the model fitted on the training events; the chosen one is
+        refitted on training + validation events, the history the test users have (as
+        the evaluation's baselines are).
+        """
+        from interest.evaluate.harness import GRIDS, grid_search, train_events
+
+        def matrix(splits):
+            users, items = train_events(prepared, splits)
+            keep = ~meta.extra["cold"][items]
+            return interaction_matrix(users[keep], items[keep], meta.n_users, meta.n_items)
+
+        if cfg.model.kind == "popularity":
+            _, items = train_events(prepared, (0, 1))
+            counts = np.bincount(items[~meta.extra["cold"][items]], minlength=meta.n_items)
+            model.counts = torch.as_tensor(counts, dtype=torch.float32)
+            return {}
+        name = cfg.model.kind
+        param, grid, factory = GRIDS[name]
+        fixed = cfg.model.lam if name == "ease" else cfg.model.k
+        if fixed is None:
+            x = matrix((0,))
+            value, _, searched = grid_search(name, grid, lambda v: (valid_metric(model.set(_matrix(factory(v).fit(x)))),
+                                                                    None), cfg.train.metric)
+            chosen = {param: value, f"{param}_searched": searched, f"{param}_chosen_on": f"valid {cfg.train.metric}"}
+        else:
+            value = fixed
+            chosen = {param: value}
+        model.set(_matrix(factory(value).fit(matrix((0, 1)))))
+        return chosen
+
+    def train_columns(self) -> list[str]:
+        return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
+
+    def users(self, batch: dict[str, np.ndarray], cfg: RecommendConfig, meta: Meta, phase: str) -> Users | None:
+        """The users of ``batch`` in ``phase`` (valid, test, score) with their histories;
+        for valid and test only those with a new item in the split."""
+        n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
+        ends = {"valid": n_train, "test": n_train + n_valid, "score": n_train + n_valid + n_test}[phase]
+        stops = {"valid": n_train + n_valid, "test": n_train + n_valid + n_test, "score": ends}[phase]
+        cold = meta.extra["cold"]
+        rows, history, targets, bought = [], [], [], []
+        for r in np.flatnonzero(ends > 0):
+            seq = np.asarray(batch["items"][r], np.int64)
+            past = np.unique(seq[:ends[r]])
+            new = np.setdiff1d(seq[ends[r]:stops[r]], past)
+            if phase != "score" and not len(new):
+                continue
+            rows.append(r)
+            history.append(past)
+            targets.append(new)
+            if phase == "score":
+                beh = np.asarray(batch["behaviors"][r][:ends[r]], np.int64)
+                bought.append(np.unique(seq[:ends[r]][beh == BUY]))
+        if not rows:
+            return None
+        rows = np.asarray(rows)
+        sub = {k: v[rows] for k, v in batch.items()}
+        items, behaviors = self._recent(sub, ends[rows], cfg, cold)
+        if cold.any():  # held-out items are unknown to the models: out of histories too
+            history = [h[~cold[h]] for h in history]
+        return Users(rows, items, behaviors, history, targets, bought or None)
+
+    @staticmethod
+    def _recent(sub, ends, cfg: RecommendConfig, cold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        items, behaviors, _ = windows(sub, ends, min(cfg.model.max_len, max(int(ends.max()), 1)))
+        if cold.any():
+            held = (items > 0) & cold[np.maximum(items - 1, 0)]
+            items, behaviors = np.where(held, 0, items), np.where(held, 0, behaviors)
+        return items, behaviors
+
+    def scores(self, model: nn.Module, users: Users, cfg: RecommendConfig, device) -> torch.Tensor:
+        """(U, n_items) scores of every item for ``users``."""
+        core = _core(model)
+        if isinstance(core, TwoTower):
+            return core.scores(torch.as_tensor(users.items, device=device),
+                               torch.as_tensor(users.behaviors, device=device))
+        from interest.evaluate.harness import history_matrix
+
+        return core(history_matrix(users.history, core.n_items).to(device))
+
+    def loss(self, model, batch, cfg: RecommendConfig, meta: Meta, device):
+        n_train = batch["n_train"].astype(np.int64)
+        cold = meta.extra["cold"]
+        rows, cuts, targets = [], [], []
+        for r in np.flatnonzero(n_train >= 2):
+            seq = np.asarray(batch["items"][r][:n_train[r]], np.int64)
+            for cut in np.random.randint(1, n_train[r], size=cfg.samples):
+                after = seq[cut:cut + cfg.window]
+                new = after[~np.isin(after, seq[:cut]) & ~cold[after]]
+                if len(new):
+                    rows.append(r)
+                    cuts.append(cut)
+                    targets.append(new[np.random.randint(len(new))])
+        if not rows:
+            return None, {}
+        rows = np.asarray(rows)
+        sub = {k: v[rows] for k, v in batch.items()}
+        items, behaviors = self._recent(sub, np.asarray(cuts), cfg, cold)
+        states, table = model(torch.as_tensor(items, device=device), torch.as_tensor(behaviors, device=device))
+        t = torch.as_tensor(np.asarray(targets), device=device)
+        if cfg.loss == "full" or (cfg.loss == "auto" and meta.n_items <= cfg.full_max_items):
+            loss = full_softmax_loss(states, t, table[1:])
+        else:
+            counts = torch.as_tensor(meta.extra["train_counts"], dtype=torch.float32, device=device)
+            log_q = torch.log(counts.clamp(min=1) / counts.sum().clamp(min=1))
+            loss = sampled_softmax_loss(states, t, table[1:], log_q, cfg.negatives)
+        return loss, {"item_loss": loss.item()}
+
+    @torch.no_grad()
+    def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: RecommendConfig, meta: Meta, device,
+                 split: str = "valid") -> dict[str, float]:
+        sums = {f"{m}@{k}": 0.0 for k in KS for m in ("recall", "ndcg")} | {"users": 0}
+        for batch in batches:
+            users = self.users(batch, cfg, meta, split)
+            if users is None:
+                continue
+            for key, v in top_k_sums(self.scores(model, users, cfg, device), users.targets, users.history, KS).items():
+                sums[key] += v
+        return sums
+
+    def evaluate(self, model, cfg: RecommendConfig, meta: Meta, prepared: str, *, protocol=None,
+                 baselines=("popularity", "itemknn", "ease"), batch_size: int = 1024) -> dict:
+        from interest.evaluate.harness import evaluate_top_n  # the harness imports the task registry
+
+        return evaluate_top_n(self, model, cfg, meta, prepared, baselines, batch_size)
+
+    @torch.no_grad()
+    def score(self, model, batch: dict[str, np.ndarray], cfg: RecommendConfig, meta: Meta, device, *,
+              top_k: int = 10) -> pa.Table:
+        """Each user's top-k items (:data:`interest.schemas.RECOMMENDATIONS`) after
+        everything the user did, without the items ``exclude`` names."""
+        users = self.users(batch, cfg, meta, "score")
+        if users is None:
+            return S.RECOMMENDATIONS.empty_table()
+        exclude = {"bought": users.bought, "seen": users.history, "none": None}[cfg.exclude]
+        core = _core(model)
+        if isinstance(core, TwoTower):
+            states, table = core(torch.as_tensor(users.items, device=device),
+                                 torch.as_tensor(users.behaviors, device=device))
+            scores, top, _ = top_n(states, table[1:], top_k, exclude)
+        else:  # closed-form models give whole rows of scores
+            scores, top = top_of_rows(self.scores(model, users, cfg, device), top_k, exclude)
+        scores, top = scores.cpu().numpy(), top.cpu().numpy()
+        user_rows, ranks = np.nonzero(np.isfinite(scores))  # fewer allowed items than top_k
+        return pa.table({
+            S.USER_ID: pa.array(batch[S.USER_ID][users.rows][user_rows].tolist(), pa.string()),
+            "rank": pa.array(ranks + 1, pa.int16()),
+            S.ITEM_ID: pa.array(meta.extra["item_ids"].take(pa.array(top[user_rows, ranks])).to_pylist(),
+                                pa.string()),
+            "score": pa.array(scores[user_rows, ranks], pa.float32()),
+        }, schema=S.RECOMMENDATIONS)
+
+
+def _matrix(fitted: EASE | ItemKNN) -> torch.Tensor:
+    return fitted.b_ if isinstance(fitted, EASE) else fitted.sim_

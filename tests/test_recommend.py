@@ -1,0 +1,168 @@
+"""Task ``recommend``: multi-target metrics against brute force, a planted checkerboard
+learned by the two-tower model (through Ray Train DDP) and by the closed-form models,
+exclusions in the scored output, and a cold item reached through its text."""
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import build_tiny_encoder
+from interest import schemas as S
+from interest.config import ConfigError
+from interest.evaluate.metrics import top_k_sums
+from interest.tasks.recommend.model import RecommendModelConfig
+from interest.tasks.recommend.task import RecommendConfig
+
+N_GROUPS, PER_GROUP, EVENTS = 8, 12, 10  # fewer events than items: some of the group is always unseen
+NAMES = ["garden", "kitchen", "toys", "books", "sports", "beauty", "music", "tools"]
+
+
+def test_top_k_sums_match_brute_force():
+    rng = np.random.default_rng(0)
+    scores = torch.as_tensor(rng.standard_normal((30, 50)), dtype=torch.float32)
+    scores[:, 7] = scores[:, 8] = 0.5  # ties: the lower index ranks first
+    targets = [rng.choice(50, size=rng.integers(0, 6), replace=False) for _ in range(30)]
+    seen = [np.setdiff1d(rng.choice(50, size=5, replace=False), t) for t in targets]
+    got = top_k_sums(scores, targets, seen, (5, 20), chunk=7)
+    want = {"recall@5": 0.0, "ndcg@5": 0.0, "recall@20": 0.0, "ndcg@20": 0.0}
+    for u in range(30):
+        if not len(targets[u]):
+            continue
+        s = scores[u].numpy().astype(np.float64).copy()
+        s[seen[u]] = -np.inf
+        order = sorted(range(50), key=lambda i: (-s[i], i))
+        for k in (5, 20):
+            top = order[:k]
+            hits = [i in set(targets[u]) for i in top]
+            want[f"recall@{k}"] += sum(hits) / len(targets[u])
+            idcg = sum(1 / np.log2(r + 2) for r in range(min(k, len(targets[u]))))
+            want[f"ndcg@{k}"] += sum(h / np.log2(r + 2) for r, h in enumerate(hits)) / idcg
+    assert got["users"] == sum(len(t) > 0 for t in targets)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_bad_configuration_is_named():
+    with pytest.raises(ConfigError, match="model.kind"):
+        RecommendConfig(model=RecommendModelConfig(kind="svd"))
+    with pytest.raises(ConfigError, match="exclude"):
+        RecommendConfig(exclude="viewed")
+
+
+@pytest.fixture(scope="module")
+def checkerboard(ray_start_4_cpus, tmp_path_factory):
+    """Users in 8 groups each take up items of their own group only; one more item per
+    group is in the catalogue with a title of its group and no events at all (cold)."""
+    from interest.data.prepare import PrepareConfig, prepare
+    from interest.text.embed import EmbedConfig, embed_items
+
+    root = tmp_path_factory.mktemp("checkerboard")
+    rng = np.random.default_rng(0)
+    words = ["small", "large", "red", "blue", "classic", "new", "old", "soft", "big", "tiny", "warm", "cool", "fresh"]
+    ids, titles, cats = [], [], []
+    for g in range(N_GROUPS):
+        for j in range(PER_GROUP + 1):  # item PER_GROUP of each group is the cold one
+            ids.append(f"g{g}i{j}")
+            titles.append(f"{words[j]} {NAMES[g]} thing")
+            cats.append(NAMES[g])
+    pq.write_table(pa.table({S.ITEM_ID: ids, S.TITLE: titles, S.CATEGORY: cats}), root / "items.parquet")
+    rows = []
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    for u in range(400):
+        g = u % N_GROUPS
+        for t, j in enumerate(rng.permutation(PER_GROUP)[:EVENTS]):
+            behavior = ["view", "cart", "buy"][rng.integers(3)]
+            rows.append((f"u{u}", f"g{g}i{j}", behavior, start + dt.timedelta(hours=t)))
+    users, items, behaviors, ts = zip(*rows)
+    (root / "events").mkdir()
+    pq.write_table(pa.table({S.USER_ID: users, S.ITEM_ID: items, S.BEHAVIOR: behaviors, S.TS: list(ts)}),
+                   root / "events" / "part-0.parquet")
+    prepared = root / "prepared"
+    prepare(PrepareConfig(input=str(root / "events"), items=str(root / "items.parquet"), out=str(prepared)))
+    encoder = build_tiny_encoder(root / "encoder", titles + NAMES)
+    embed_items(str(prepared), str(root / "store"), EmbedConfig(encoder=str(encoder)))
+    vocab = pq.read_table(prepared / "vocab" / "items.parquet").to_pydict()
+    index = dict(zip(vocab[S.ITEM_ID], vocab[S.ITEM_IDX]))
+    return {"prepared": prepared, "store": root / "store", "encoder": encoder, "root": root, "index": index,
+            "events": rows}
+
+
+def _group(item_id: str) -> int:
+    return int(item_id[1:].split("i")[0])
+
+
+def _check_scores(rows, events, exclude: str, in_group: float):
+    """Top-1 of at least ``in_group`` of the users is of their group (chance: 1 in 8);
+    excluded items never appear."""
+    bought = {(u, i) for u, i, b, _ in events if b == "buy"}
+    seen = {(u, i) for u, i, _, _ in events}
+    banned = {"bought": bought, "seen": seen}[exclude]
+    assert not [r for r in rows if (r[S.USER_ID], r[S.ITEM_ID]) in banned]
+    top = [r for r in rows if r["rank"] == 1]
+    assert len(top) == 400
+    assert sum(_group(r[S.ITEM_ID]) == int(r[S.USER_ID][1:]) % N_GROUPS for r in top) >= in_group * 400
+
+
+def test_two_tower_learns_groups_and_reaches_cold_items_by_text(checkerboard):
+    from interest.evaluate.harness import evaluate, load_model
+    from interest.score.batch import score
+    from interest.train.loop import fit
+
+    run = checkerboard["root"] / "run_two_tower"
+    cfg = {"embeddings": str(checkerboard["store"]), "encoder": str(checkerboard["encoder"]),
+           "model": {"dim": 32, "id_dropout": 0.3},
+           "train": {"epochs": 25, "lr": 0.01, "batch_size": 64, "patience": 25}}
+    result = fit("recommend", str(checkerboard["prepared"]), str(run), cfg, num_workers=2)
+    assert result.error is None
+    results = evaluate(str(run), str(checkerboard["prepared"]), baselines=("popularity", "itemknn", "ease"))
+    # Each test user has its group's unseen items (3 of them, one the target) among ~95 candidates.
+    for method in ("model", "ease", "itemknn"):
+        assert results[method]["recall@10"] > 0.9, (method, results[method])
+    assert results["popularity"]["recall@10"] < 0.5
+    assert results["model"]["users"] == 400
+
+    out = checkerboard["root"] / "scores_two_tower"
+    score(str(run), str(checkerboard["prepared"]), str(out), top_k=5)
+    _check_scores(pq.read_table(out).to_pylist(), checkerboard["events"], "bought", 0.75)
+
+    # The cold items have no events: only their text can place them with their group.
+    task, tcfg, model, _, meta = load_model(str(run), str(checkerboard["prepared"]))
+    cold_ids = [f"g{g}i{PER_GROUP}" for g in range(N_GROUPS)]
+    cold_idx = torch.as_tensor([checkerboard["index"][i] for i in cold_ids])
+    assert meta.extra["train_counts"][cold_idx.numpy()].sum() == 0
+    batch = {k: v.to_numpy(zero_copy_only=False) for k, v in
+             zip(task.train_columns(), pq.read_table(checkerboard["prepared"] / "sequences",
+                                                     columns=task.train_columns()).columns)}
+    users = task.users(batch, tcfg, meta, "score")
+    with torch.no_grad():
+        best_cold = task.scores(model, users, tcfg, torch.device("cpu"))[:, cold_idx].argmax(1).numpy()
+    groups = np.array([int(u[1:]) % N_GROUPS for u in batch[S.USER_ID][users.rows]])
+    assert (best_cold == groups).mean() > 0.5  # chance: 1 in 8 (a tiny random encoder: 0.75 seen)
+
+
+def test_closed_form_model_is_chosen_on_validation_and_matches_its_baseline(checkerboard):
+    from interest.evaluate.harness import evaluate, latest_checkpoint
+    from interest.score.batch import score
+    from interest.train import checkpoint as ckpt
+    from interest.train.loop import fit
+
+    run = checkerboard["root"] / "run_ease"
+    result = fit("recommend", str(checkerboard["prepared"]), str(run),
+                 {"model": {"kind": "ease"}, "exclude": "seen"}, num_workers=2)
+    assert result.error is None
+    state = ckpt.load_state(latest_checkpoint(str(run)))
+    assert state["fitted"]["lambda"] in state["fitted"]["lambda_searched"]
+    results = evaluate(str(run), str(checkerboard["prepared"]), baselines=("popularity", "ease"))
+    # The same lambda, chosen on the same users, refitted on the same events: the model
+    # and the baseline are one and the same.
+    assert results["ease"]["lambda"] == state["fitted"]["lambda"]
+    assert results["model"]["recall@20"] == pytest.approx(results["ease"]["recall@20"], abs=1e-9)
+    assert results["model"]["recall@10"] > 0.9
+
+    out = checkerboard["root"] / "scores_ease"
+    score(str(run), str(checkerboard["prepared"]), str(out), top_k=3)
+    _check_scores(pq.read_table(out).to_pylist(), checkerboard["events"], "seen", 0.9)
