@@ -1,0 +1,1 @@
+"""Task ``recommend``: top-N items per user (two-tower model, closed-form baselines)."""
