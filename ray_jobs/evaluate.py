@@ -71,7 +71,8 @@ def print_tags_table(results: dict) -> None:
 def print_recommend_table(results: dict) -> None:
     print("\ntest metrics: every item ranked, seen items masked, targets = each user's new items of the "
           "test split")
-    print(f"{'method':<14} {'users':>7} {'Recall@10':>9} {'NDCG@10':>8} {'Recall@20':>9} {'NDCG@20':>8}  chosen on valid")
+    print(f"{'method':<14} {'users':>7} {'Recall@10':>9} {'NDCG@10':>8} {'Recall@20':>9} {'NDCG@20':>8}  "
+          "chosen on valid")
     for name in ("model", "popularity", "itemknn", "ease"):
         m = results.get(name)
         if not m:

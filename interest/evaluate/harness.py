@@ -21,7 +21,8 @@ from interest import config as C
 from interest import io
 from interest import schemas as S
 from interest.evaluate.baselines import EASE, ItemKNN, Popularity, interaction_matrix
-from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, means_from_sums, seen_pairs, top_k_sums
+from interest.evaluate.metrics import (Protocol, means_from_sums, metrics_from_ranks, ranks_from_scores, seen_pairs,
+                                      top_k_sums)
 from interest.tasks import get_task
 from interest.train import checkpoint as ckpt
 
@@ -227,7 +228,8 @@ def behavior_metrics(c: Collected, majority: int) -> dict[str, dict[str, float]]
     one_hot = np.eye(probs.shape[1])
     return {
         "model": {"accuracy": float((probs.argmax(1) == y).mean()), "macro_auc": macro_auc(y, probs)},
-        "majority": {"accuracy": float((y == majority).mean()), "macro_auc": macro_auc(y, one_hot[np.full_like(y, majority)])},
+        "majority": {"accuracy": float((y == majority).mean()),
+                     "macro_auc": macro_auc(y, one_hot[np.full_like(y, majority)])},
         "repeat_last": {"accuracy": float((y == last).mean()), "macro_auc": macro_auc(y, one_hot[last])},
     }
 

@@ -21,7 +21,8 @@ def top_n(users: torch.Tensor, items: torch.Tensor, n: int, exclude: list[np.nda
           chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scores, item indices), each (U, min(n, I)), best first, of ``users`` (U, D) against
     ``items`` (I, D), and each user's log-sum-exp of the scores of every item (U,), so that
-    ``exp(score - lse)`` is the item's probability under a softmax over the catalogue. ``exclude[u]`` lists item indices user u must not get; where fewer
+    ``exp(score - lse)`` is the item's probability under a softmax over the catalogue.
+    ``exclude[u]`` lists item indices user u must not get; where fewer
     than n items remain, the tail has score -inf (callers drop it). Ties go to the lower
     item index across chunks (within a chunk, exact ties may come in either order)."""
     n_users, n_items = users.shape[0], items.shape[0]

@@ -5,7 +5,9 @@ config to :func:`train_loop_per_worker`, which runs on every worker. Each worker
 streams its own shard of the prepared sequences through Ray Data; nothing is
 materialised on the driver. Every epoch ends with validation (summed over workers),
 early stopping on ``train.metric``, and a checkpoint (:mod:`interest.train.checkpoint`).
-Re-running with the same ``--out`` resumes from the latest checkpoint.
+Re-running with the same ``--out`` resumes from the latest checkpoint. A closed-form
+model (a task's ``closed_form(cfg)``, e.g. EASE) is fitted in one solve on one worker
+and checkpointed the same way.
 """
 
 from __future__ import annotations
