@@ -35,6 +35,21 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", default=str(ROOT / "bench_out"), help="scratch folder")
 
 
+def add_task_args(parser: argparse.ArgumentParser, task: str, example: str) -> None:
+    """The options every quality bench shares: workers, encoder, task config overrides."""
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--encoder", default=None, help="encoder folder (default: the packaged MiniLM)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"{task} task config, e.g. --set {example}")
+
+
+def work_folder(args, bench: str) -> Path:
+    """``--work/BENCH/DATASET``, created."""
+    work = Path(args.work) / bench / (Path(args.data).name if args.data else args.dataset)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def dataset_input(args) -> tuple[str, str, list[str]]:
     """(path, format, prepare overrides) for the chosen dataset."""
     if args.data:

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_dataset_args, embed_items, emit_json, epoch_train_seconds, last_json,  # noqa: E402
-                     prepared_dataset, print_table, run_measured)
+from _common import (add_dataset_args, add_task_args, embed_items, emit_json, epoch_train_seconds,  # noqa: E402
+                     last_json, prepared_dataset, print_table, run_measured, work_folder)
 
 METHODS = ("model", "popularity", "itemknn", "ease")
 
@@ -38,17 +38,13 @@ def _has_text(prepared: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(parser)
-    parser.add_argument("--num-workers", type=int, default=2)
+    add_task_args(parser, "recommend", "model.dim=128")
     parser.add_argument("--baselines", default="popularity,itemknn,ease")
     parser.add_argument("--holdout-items", type=float, default=0.0, help="share of items held out (cold start)")
     parser.add_argument("--no-text", action="store_true", help="ids only, even where items have text")
-    parser.add_argument("--encoder", default=None, help="encoder folder (default: the packaged MiniLM)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="recommend task config, e.g. --set model.dim=128")
     args = parser.parse_args(argv)
-    name = Path(args.data).name if args.data else args.dataset
-    work = Path(args.work) / "quality_recommend" / name
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args, "quality_recommend")
+    name = work.name
     py = sys.executable
     prepared, _ = prepared_dataset(args, work, synthetic_split="time")
     sets = [f"holdout_items={args.holdout_items}", *args.set]

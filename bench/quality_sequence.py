@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_dataset_args, embed_items, emit_json, epoch_train_seconds, last_json,  # noqa: E402
-                     prepared_dataset, print_table, run_measured)
+from _common import (add_dataset_args, add_task_args, embed_items, emit_json, epoch_train_seconds,  # noqa: E402
+                     last_json, prepared_dataset, print_table, run_measured, work_folder)
 
 from ray_jobs.evaluate import METHODS  # noqa: E402
 
@@ -36,19 +36,15 @@ PUBLISHED = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(parser)
-    parser.add_argument("--num-workers", type=int, default=2)
+    add_task_args(parser, "sequence", "model.kind=gru (default preset=small)")
     parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--baselines", default="popularity,ease",
                         help="itemknn for catalogues above EASE's limit; each is also blended with the model")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="sequence task config, e.g. --set model.kind=gru (default preset=small)")
     parser.add_argument("--text", action="store_true",
                         help="embed the item texts first and add them to the item embeddings")
-    parser.add_argument("--encoder", default=None, help="encoder folder for --text (default: the packaged MiniLM)")
     args = parser.parse_args(argv)
-    name = Path(args.data).name if args.data else args.dataset
-    work = Path(args.work) / "quality_sequence" / name
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args, "quality_sequence")
+    name = work.name
     py = sys.executable
     prepared, _ = prepared_dataset(args, work)
     run = work / "run"

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_dataset_args, embed_items, emit_json, last_json, prepared_dataset,  # noqa: E402
-                     print_table, run_measured)
+from _common import (add_dataset_args, add_task_args, embed_items, emit_json, last_json, prepared_dataset,  # noqa: E402
+                     print_table, run_measured, work_folder)
 
 # How each dataset's item categories become tags (the choices).
 TAGS = {
@@ -36,17 +36,13 @@ TAGS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(parser)
+    add_task_args(parser, "tags", "train.epochs=10 (every mode)")
     parser.add_argument("--modes", default="cached,finetune")
-    parser.add_argument("--encoder", default=None, help="encoder folder (default: the packaged MiniLM)")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="tags task config for every mode, e.g. --set train.epochs=10")
     parser.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config of the finetune mode (it is ~100x slower per user on CPU)")
     args = parser.parse_args(argv)
-    name = Path(args.data).name if args.data else args.dataset
-    work = Path(args.work) / "quality_tags" / name
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_folder(args, "quality_tags")
+    name = work.name
     py = sys.executable
     prepared, _ = prepared_dataset(args, work, synthetic_split="time")
     store, embed = embed_items(prepared, work, args.encoder)

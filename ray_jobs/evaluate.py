@@ -37,16 +37,8 @@ def print_table(results: dict) -> None:
     p = results["protocol"]
     print(f"\n{p['split']} metrics, {p['ranking']} ranking over every item, seen items "
           f"{'masked' if p['mask_seen'] else 'not masked'}, target = {p['target']} held-out event")
-    print(f"{'method':<14} {'users':>7} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7} {'NDCG@20':>8} {'MRR':>7}")
-    for name in METHODS:
-        m = results.get(name)
-        if not m:
-            continue
-        if "skipped" in m:
-            print(f"{name:<14} skipped: {m['skipped']}")
-            continue
-        print(f"{name:<14} {m['users']:>7} {m['hr@10']:>7.4f} {m['ndcg@10']:>8.4f} {m['hr@20']:>7.4f} "
-              f"{m['ndcg@20']:>8.4f} {m['mrr']:>7.4f}")
+    _print_rows(results, METHODS, {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "hr@20": "HR@20",
+                                   "ndcg@20": "NDCG@20", "mrr": "MRR"})
     if results.get("behavior"):
         print(f"\nnext behaviour type   {'accuracy':>8} {'macro AUC':>9}")
         for name, m in results["behavior"].items():
@@ -71,25 +63,28 @@ def print_tags_table(results: dict) -> None:
 def print_recommend_table(results: dict) -> None:
     print("\ntest metrics: every item ranked, seen items masked, targets = each user's new items of the "
           "test split")
-    print(f"{'method':<14} {'users':>7} {'Recall@10':>9} {'NDCG@10':>8} {'Recall@20':>9} {'NDCG@20':>8}  "
-          "chosen on valid")
-    for name in ("model", "popularity", "itemknn", "ease"):
+    columns = {"recall@10": "Recall@10", "ndcg@10": "NDCG@10", "recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
+    _print_rows(results, ("model", "popularity", "itemknn", "ease"), columns, chosen=True)
+    cold = results.get("cold_start")
+    if cold:
+        print(f"\ncold start: {cold['items']:,} items held out of training; {cold['protocol']}")
+        _print_rows(cold, ("model", "favourite_category"), columns)
+
+
+def _print_rows(results: dict, methods, columns: dict[str, str], chosen: bool = False) -> None:
+    """One row per method present in ``results``: its users and ``columns`` (key -> heading),
+    and with ``chosen`` the parameter it picked on the validation users."""
+    print(f"{'method':<18} {'users':>7} " + " ".join(f"{h:>9}" for h in columns.values())
+          + ("  chosen on valid" if chosen else ""))
+    for name in methods:
         m = results.get(name)
         if not m:
             continue
         if "skipped" in m:
-            print(f"{name:<14} skipped: {m['skipped']}")
+            print(f"{name:<18} skipped: {m['skipped']}")
             continue
-        chosen = next((f"{p} {m[p]:g}" for p in ("lambda", "k") if p in m), "")
-        print(f"{name:<14} {m['users']:>7} {m['recall@10']:>9.4f} {m['ndcg@10']:>8.4f} {m['recall@20']:>9.4f} "
-              f"{m['ndcg@20']:>8.4f}  {chosen}")
-    cold = results.get("cold_start")
-    if cold:
-        print(f"\ncold start: {cold['items']:,} items held out of training; {cold['protocol']}")
-        for name in ("model", "favourite_category"):
-            m = cold[name]
-            print(f"{name:<20} {m['users']:>7} {m['recall@10']:>9.4f} {m['ndcg@10']:>8.4f} {m['recall@20']:>9.4f} "
-                  f"{m['ndcg@20']:>8.4f}")
+        picked = next((f"  {p} {m[p]:g}" for p in ("lambda", "k") if p in m), "") if chosen else ""
+        print(f"{name:<18} {m['users']:>7} " + " ".join(f"{m[k]:>9.4f}" for k in columns) + picked)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,29 @@ def build_tiny_encoder(folder: Path, corpus: list[str], hidden: int = 32) -> Pat
     return folder
 
 
+def prepare_planted(root: Path, items: dict[str, list], events: list[tuple], corpus: list[str]) -> dict:
+    """Write a planted dataset (``items`` columns, ``events`` as (user, item, behaviour,
+    time) rows), prepare it, and embed its items with a tiny encoder over ``corpus``;
+    returns the folders (``prepared``, ``store``, ``encoder``, ``root``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from interest import schemas as S
+    from interest.data.prepare import PrepareConfig, prepare
+    from interest.text.embed import EmbedConfig, embed_items
+
+    pq.write_table(pa.table(items), root / "items.parquet")
+    users, item_ids, behaviors, ts = zip(*events)
+    (root / "events").mkdir()
+    pq.write_table(pa.table({S.USER_ID: users, S.ITEM_ID: item_ids, S.BEHAVIOR: behaviors, S.TS: list(ts)}),
+                   root / "events" / "part-0.parquet")
+    prepared = root / "prepared"
+    prepare(PrepareConfig(input=str(root / "events"), items=str(root / "items.parquet"), out=str(prepared)))
+    encoder = build_tiny_encoder(root / "encoder", corpus)
+    embed_items(str(prepared), str(root / "store"), EmbedConfig(encoder=str(encoder)))
+    return {"prepared": prepared, "store": root / "store", "encoder": encoder, "root": root}
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(synthetic_small, tmp_path_factory) -> Path:
     """A tiny random BERT folder covering the synthetic items' text (English and Chinese)."""

@@ -5,12 +5,11 @@ exclusions in the scored output, and a cold item reached through its text."""
 import datetime as dt
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import build_tiny_encoder
+from conftest import prepare_planted
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.evaluate.metrics import top_k_sums
@@ -57,9 +56,6 @@ def test_bad_configuration_is_named():
 def checkerboard(ray_start_4_cpus, tmp_path_factory):
     """Users in 8 groups each take up items of their own group only; one more item per
     group is in the catalogue with a title of its group and no events at all (cold)."""
-    from interest.data.prepare import PrepareConfig, prepare
-    from interest.text.embed import EmbedConfig, embed_items
-
     root = tmp_path_factory.mktemp("checkerboard")
     rng = np.random.default_rng(0)
     words = ["small", "large", "red", "blue", "classic", "new", "old", "soft", "big", "tiny", "warm", "cool", "fresh"]
@@ -69,7 +65,6 @@ def checkerboard(ray_start_4_cpus, tmp_path_factory):
             ids.append(f"g{g}i{j}")
             titles.append(f"{words[j]} {NAMES[g]} thing")
             cats.append(NAMES[g])
-    pq.write_table(pa.table({S.ITEM_ID: ids, S.TITLE: titles, S.CATEGORY: cats}), root / "items.parquet")
     rows = []
     start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     for u in range(400):
@@ -77,18 +72,10 @@ def checkerboard(ray_start_4_cpus, tmp_path_factory):
         for t, j in enumerate(rng.permutation(PER_GROUP)[:EVENTS]):
             behavior = ["view", "cart", "buy"][rng.integers(3)]
             rows.append((f"u{u}", f"g{g}i{j}", behavior, start + dt.timedelta(hours=t)))
-    users, items, behaviors, ts = zip(*rows)
-    (root / "events").mkdir()
-    pq.write_table(pa.table({S.USER_ID: users, S.ITEM_ID: items, S.BEHAVIOR: behaviors, S.TS: list(ts)}),
-                   root / "events" / "part-0.parquet")
-    prepared = root / "prepared"
-    prepare(PrepareConfig(input=str(root / "events"), items=str(root / "items.parquet"), out=str(prepared)))
-    encoder = build_tiny_encoder(root / "encoder", titles + NAMES)
-    embed_items(str(prepared), str(root / "store"), EmbedConfig(encoder=str(encoder)))
-    vocab = pq.read_table(prepared / "vocab" / "items.parquet").to_pydict()
+    data = prepare_planted(root, {S.ITEM_ID: ids, S.TITLE: titles, S.CATEGORY: cats}, rows, titles + NAMES)
+    vocab = pq.read_table(data["prepared"] / "vocab" / "items.parquet").to_pydict()
     index = dict(zip(vocab[S.ITEM_ID], vocab[S.ITEM_IDX]))
-    return {"prepared": prepared, "store": root / "store", "encoder": encoder, "root": root, "index": index,
-            "events": rows}
+    return {**data, "index": index, "events": rows}
 
 
 def _group(item_id: str) -> int:

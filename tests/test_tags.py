@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import build_tiny_encoder
+from conftest import prepare_planted
 from interest import config as C
 from interest import schemas as S
 from interest.config import ConfigError
@@ -95,18 +95,12 @@ def planted(ray_start_4_cpus, tmp_path_factory):
     """Users browse a few random categories, then category g, then g+1, then g+2: the
     tags of the later window are the category after the user's latest one, which is
     never among the user's own tags, so a model must learn the step from the history."""
-    from interest.data.prepare import PrepareConfig, prepare
-    from interest.text.embed import EmbedConfig, embed_items
-
     root = tmp_path_factory.mktemp("planted")
     rng = np.random.default_rng(0)
     names = ["garden", "kitchen", "toys", "books", "sports", "beauty", "music", "tools"]
     item_ids = [f"g{g}i{j}" for g in range(N_GROUPS) for j in range(PER_GROUP)]
     titles = [f"{['small', 'large', 'red', 'blue', 'classic'][j]} {names[g]} thing" for g in range(N_GROUPS)
               for j in range(PER_GROUP)]
-    pq.write_table(pa.table({S.ITEM_ID: item_ids, S.TITLE: titles,
-                             S.CATEGORY: [names[g] for g in range(N_GROUPS) for _ in range(PER_GROUP)]}),
-                   root / "items.parquet")
     rows = []
     start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     for u in range(400):
@@ -116,15 +110,9 @@ def planted(ray_start_4_cpus, tmp_path_factory):
         for t, group in enumerate(groups):
             item = f"g{group}i{rng.integers(PER_GROUP)}"
             rows.append((f"u{u}", item, ["view", "cart", "buy"][rng.integers(3)], start + dt.timedelta(hours=t)))
-    users, items, behaviors, ts = zip(*rows)
-    (root / "events").mkdir()
-    pq.write_table(pa.table({S.USER_ID: users, S.ITEM_ID: items, S.BEHAVIOR: behaviors, S.TS: list(ts)}),
-                   root / "events" / "part-0.parquet")
-    prepared = root / "prepared"
-    prepare(PrepareConfig(input=str(root / "events"), items=str(root / "items.parquet"), out=str(prepared)))
-    encoder = build_tiny_encoder(root / "encoder", titles + names + list(S.BEHAVIORS))
-    embed_items(str(prepared), str(root / "store"), EmbedConfig(encoder=str(encoder)))
-    return {"prepared": prepared, "store": root / "store", "encoder": encoder, "root": root, "names": names}
+    items = {S.ITEM_ID: item_ids, S.TITLE: titles,
+             S.CATEGORY: [names[g] for g in range(N_GROUPS) for _ in range(PER_GROUP)]}
+    return {**prepare_planted(root, items, rows, titles + names + list(S.BEHAVIORS)), "names": names}
 
 
 # finetune on 2 workers: DDP fails on encoder parameters the head never uses (BERT's pooler).

@@ -79,7 +79,7 @@ def collect(task, model, cfg, prepared: str, protocol: Protocol, batch_size: int
     import ray.data
 
     out = Collected()
-    ds = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
+    ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         rows, states, blogits, t_items, t_beh, history = task.predict(model, batch, cfg, torch.device("cpu"),
                                                                       protocol.split)
@@ -124,7 +124,7 @@ def read_events(prepared: str, columns: list[str], splits: tuple[int, ...]) -> d
     import ray.data
 
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    ds = ray.data.read_parquet(io.join(prepared, "events"), columns=list(dict.fromkeys(columns + [S.SPLIT])))
+    ds = ray.data.read_parquet(io.join(prepared, "events")).select_columns(list(dict.fromkeys(columns + [S.SPLIT])))
     wanted = pa.array(splits, pa.int8())
     for b in ds.iter_batches(batch_size=1 << 20, batch_format="pyarrow"):
         b = b.filter(pc.is_in(b[S.SPLIT], value_set=wanted))
@@ -309,7 +309,7 @@ def evaluate_top_n(task, model, cfg, meta, prepared: str, baselines: tuple[str, 
     cold = meta.extra["cold"]
     sums: dict[str, float] = {}
     cold_rows: list[np.ndarray] = []
-    ds = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
+    ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         for phase in phases:
             users = task.users(batch, cfg, meta, phase)

@@ -48,7 +48,7 @@ def score(run: str, prepared: str, out: str, *, top_k: int = 10, concurrency: in
     if type(task).score is Task.score:
         raise ConfigError(f"task {task.name} has no batch scoring yet; it scores in `interest evaluate`")
     publication = io.Publication(out, overwrite=overwrite)
-    sequences = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
+    sequences = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
     params = task.score_params(model, cfg, meta, sequences.iter_batches(batch_size=batch_size, batch_format="numpy"))
     params["top_k"] = top_k
     try:

@@ -122,8 +122,8 @@ def embed_items(items: str, store: str, cfg: EmbedConfig) -> dict[str, Any]:
         raise S.SchemaError(f"items {source}: required column {S.ITEM_ID!r} is missing")
     done = read_store(store, model_id, [S.ITEM_ID, "text_hash"])
     done_keys = _keys(done[S.ITEM_ID].to_pylist(), done["text_hash"].to_pylist())
-    ds = ray.data.read_parquet(inner, filesystem=fs,
-                               columns=[c for c in (S.ITEM_ID, S.TITLE, S.CATEGORY, S.BRAND) if c in names])
+    ds = ray.data.read_parquet(inner, filesystem=fs).select_columns(
+        [c for c in (S.ITEM_ID, S.TITLE, S.CATEGORY, S.BRAND) if c in names])
     total = ds.count()
     todo = ds.map_batches(_render, fn_kwargs={"done": done_keys}, batch_format="pyarrow")
     vectors = todo.map_batches(ItemEncoder, fn_constructor_args=(cfg.encoder, cfg.max_length, cfg.use_gpu),

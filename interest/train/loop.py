@@ -201,7 +201,7 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     # Workers do not share the driver's working directory; on a multi-node cluster the
     # prepared dataset must be on shared storage (s3://, NFS) anyway.
     prepared = prepared if io.is_s3(prepared) else os.path.abspath(prepared)
-    sequences = ray.data.read_parquet(io.join(prepared, "sequences"), columns=task.train_columns())
+    sequences = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
     if cfg.train.cache:
         sequences = sequences.materialize()  # blocks stay in the object store, not on the driver
     out = str(out).rstrip("/")

@@ -36,9 +36,9 @@ class RecommendModelConfig:
     kind: str = "two_tower"
     dim: int = 64
     heads: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.3
     id_dropout: float = 0.1
-    max_len: int = 50
+    max_len: int = 200
     lam: float | None = None
     k: int | None = None
 
@@ -60,10 +60,13 @@ class TwoTower(nn.Module):
         super().__init__()
         d = cfg.dim
         self.id_dropout = cfg.id_dropout
-        self.item = nn.Embedding(n_items + 1, d, padding_idx=0)  # row 0: padding
+        # One column more than the user vectors: each item's bias, which the user side
+        # meets with a constant 1 (popularity without a dimension of the taste space).
+        self.item = nn.Embedding(n_items + 1, d + 1, padding_idx=0)  # row 0: padding
         nn.init.normal_(self.item.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item.weight[0].zero_()
+            self.item.weight[:, d].zero_()
         warm = torch.ones(n_items) if warm is None else warm.float()
         # Derived from the prepared data, like the text vectors: not saved with the weights.
         self.register_buffer("warm", torch.cat([torch.zeros(1), warm]), persistent=False)
@@ -71,9 +74,11 @@ class TwoTower(nn.Module):
         if item_vectors is not None:
             self.register_buffer("item_vectors", torch.cat([torch.zeros(1, item_vectors.shape[1]), item_vectors]),
                                  persistent=False)
-            self.text = nn.Linear(item_vectors.shape[1], d, bias=False)
+            self.text = nn.Linear(item_vectors.shape[1], d + 1, bias=False)
         self.behavior = nn.Embedding(N_BEHAVIORS + 1, d, padding_idx=0)
         self.recency = nn.Embedding(cfg.max_len, d)
+        for emb in (self.behavior, self.recency):  # at the items' scale, not N(0, 1): they would drown them
+            nn.init.normal_(emb.weight, std=d ** -0.5)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         self.attend = nn.Linear(d, cfg.heads)
@@ -81,7 +86,7 @@ class TwoTower(nn.Module):
         self.skip = nn.Linear(cfg.heads * d, d)
 
     def item_table(self) -> torch.Tensor:
-        """(n_items + 1, D) item vectors, row 0 padding."""
+        """(n_items + 1, D + 1) item vectors and biases (last column), row 0 padding."""
         keep = self.warm
         if self.training and self.text is not None and self.id_dropout > 0:
             keep = keep * (torch.rand_like(keep) >= self.id_dropout)
@@ -92,16 +97,17 @@ class TwoTower(nn.Module):
 
     def forward(self, items: torch.Tensor, behaviors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """items, behaviors (B, T) left-padded (0 = none; items as index + 1) ->
-        (user vectors (B, D), item table (n_items + 1, D)): one call computes both, so the
+        (user vectors (B, D + 1), item table (n_items + 1, D + 1)): one call computes both, so the
         training loss goes through DDP's forward and the table is built once per step."""
         table = self.item_table()
         T = items.shape[1]
         recency = torch.arange(T - 1, -1, -1, device=items.device).clamp(max=self.recency.num_embeddings - 1)
-        x = self.drop(self.norm(table[items] + self.behavior(behaviors) + self.recency(recency)))  # (B, T, D)
+        x = self.drop(self.norm(table[items, :-1] + self.behavior(behaviors) + self.recency(recency)))  # (B, T, D)
         att = self.attend(x).masked_fill((items == 0)[..., None], float("-inf"))  # (B, T, H)
         att = torch.softmax(att, 1).nan_to_num(0.0)  # a user with no events pools nothing
         pooled = torch.einsum("bth,btd->bhd", att, x).flatten(1)  # (B, H * D)
-        return self.skip(pooled) + self.out(pooled), table
+        users = self.skip(pooled) + self.out(pooled)
+        return torch.cat([users, users.new_ones(len(users), 1)], 1), table
 
     def scores(self, items: torch.Tensor, behaviors: torch.Tensor) -> torch.Tensor:
         """(B, n_items) scores of every item."""

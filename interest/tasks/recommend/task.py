@@ -65,11 +65,12 @@ class RecommendConfig:
     """
 
     model: RecommendModelConfig = field(default_factory=RecommendModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="recall@20", lr=2e-3, epochs=30))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="recall@20", lr=3e-3, epochs=30,
+                                                                            batch_size=32, patience=4))
     loss: str = "auto"
     full_max_items: int = 200_000
     negatives: int = 1024
-    samples: int = 4
+    samples: int = 8
     window: int = 10
     embeddings: str | None = None
     encoder: str | None = None

@@ -370,7 +370,7 @@ class TagsTask(Task):
         methods = ("model", "popularity", "history")
         sums = {m: {f"p@{K}": 0.0, f"r@{K}": 0.0, "map": 0.0, "users": 0} for m in methods}
         model_s, users = 0.0, 0
-        ds = ray.data.read_parquet(io.join(prepared, "sequences"), columns=self.train_columns())
+        ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(self.train_columns())
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
             users += len(batch[S.USER_IDX])
             ex = self.examples(batch, cfg, meta, split)
