@@ -47,7 +47,8 @@ def _main(args: argparse.Namespace) -> int:
     best_epoch = metrics.get("best_epoch", -1)
     where = f"at epoch {best_epoch + 1}" if best_epoch >= 0 else "before training (no epoch beat the initial model)"
     print(f"run {args.out}: best {cfg.train.metric} {metrics.get('best', float('nan')):.4f} {where}, "
-          f"{metrics.get('epoch', -1) + 1} epochs")
+          f"{metrics.get('epoch', -1) + 1} epochs"
+          + (f", then {metrics['refit']} on training + validation events" if metrics.get("refit") else ""))
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
     return 0
 

@@ -50,6 +50,22 @@ def test_bad_configuration_is_named():
         RecommendConfig(model=RecommendModelConfig(kind="svd"))
     with pytest.raises(ConfigError, match="exclude"):
         RecommendConfig(exclude="viewed")
+    with pytest.raises(ConfigError, match="multiple of model.heads"):
+        RecommendConfig(model=RecommendModelConfig(layers=1, dim=30, heads=4))
+
+
+def test_self_attention_layers_let_history_order_matter_and_keep_empty_users_finite():
+    from interest.tasks.recommend.model import TwoTower
+
+    torch.manual_seed(0)
+    items = torch.tensor([[0, 3, 4, 5], [0, 5, 4, 3], [0, 0, 0, 0]])
+    behaviors = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]])
+    for layers in (0, 2):
+        model = TwoTower(10, RecommendModelConfig(dim=16, heads=2, layers=layers, dropout=0.0)).eval()
+        scores = model.scores(items, behaviors)
+        assert scores.shape == (3, 10) and torch.isfinite(scores).all()
+        # The same items in another order differ through the recency embeddings alone.
+        assert not torch.allclose(scores[0], scores[1])
 
 
 @pytest.fixture(scope="module")

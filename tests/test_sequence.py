@@ -204,8 +204,13 @@ def test_killed_run_resumes_from_its_checkpoint(loops_prepared, tmp_path):
     done = epochs_done()
     assert done >= 2
     result = fit("sequence", str(loops_prepared), str(run),
-                 {"preset": "tiny", "train": {"epochs": done + 2, "patience": 200, "batch_size": 16}}, num_workers=1)
+                 {"preset": "tiny", "train": {"epochs": done + 2, "patience": 200, "batch_size": 16, "refit": 1}},
+                 num_workers=1)
     state = ckpt.load_state(result.checkpoint.path)
     # Resumed from the last checkpoint Ray had registered before the kill (the newest one
     # may have been written but not yet registered), not from scratch.
     assert 1 <= state["resumed_from"] <= done and state["epoch"] == done + 2
+    # Then one epoch on training + validation events, whose weights evaluation and scoring load.
+    assert state["refit"] == 1 and result.metrics["refit"] == 1
+    best, last = ckpt.read_weights(result.checkpoint.path, ckpt.BEST), ckpt.read_weights(result.checkpoint.path)
+    assert all(torch.equal(best[k], last[k]) for k in best)

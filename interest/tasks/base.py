@@ -34,6 +34,12 @@ class TrainConfig:
         eval_batch_size: users scored at once during validation.
         cache: keep the training data in Ray's object store after the first epoch
             (spilled to disk when it does not fit) instead of re-reading Parquet every epoch.
+        refit: epochs trained after early stopping, from the best weights, on the training
+            and validation events together, as the baselines are refit before the test:
+            on a time split the validation period is the most recent behaviour, which the
+            test resembles most. The checkpoint then holds the refit weights; the reported
+            validation figures stay those of the best epoch before it (after the refit the
+            validation events are training data).
     """
 
     epochs: int = 30
@@ -45,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1024
     cache: bool = True
+    refit: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -53,6 +60,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.patience < 1:
             raise ConfigError("train.patience must be >= 1")
+        if self.refit < 0:
+            raise ConfigError(f"train.refit must be >= 0, got {self.refit}")
 
 
 @dataclass
@@ -106,7 +115,7 @@ class Task:
 
     def train_columns(self) -> list[str]:
         """Columns of the prepared ``sequences`` table the task reads."""
-        raise NotImplementedError
+        return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
 
     def param_groups(self, model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
         """Optimizer parameter groups; a group without ``lr`` uses ``train.lr``."""

@@ -106,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored:
         with restored.as_directory() as folder:
             state.update({k: v for k, v in ckpt.load_state(folder).items() if k in ("epoch", "best", "best_epoch",
-                                                                                 "bad_epochs")})
+                                                                                 "bad_epochs", "refit")})
             model.load_state_dict(ckpt.read_weights(folder))
             best = ckpt.read_weights(folder, ckpt.BEST)
             ckpt.load_optimizer(folder, optimizer)
@@ -121,11 +121,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("before training: valid %s %.4f", tc.metric, state["best"])
 
-    for epoch in range(state["epoch"], tc.epochs):
+    def train_epoch(epoch: int, with_valid: bool = False) -> tuple[float, int, float, float]:
+        """One pass over this worker's shard -> (mean loss, steps, train s, of it waiting for
+        data s); ``with_valid``: the validation events count as training events (refit)."""
         torch.manual_seed(tc.seed * 1000 + epoch * 10 + rank)  # dropout and sampling: repeatable
         np.random.seed(tc.seed * 1000 + epoch * 10 + rank)
         model.train()
-        start, losses, steps, data_s = time.perf_counter(), [], 0, 0.0
+        start, losses, data_s = time.perf_counter(), [], 0.0
         batches = iter(train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
                                                 local_shuffle_buffer_size=tc.batch_size * 16,
                                                 local_shuffle_seed=tc.seed + epoch))
@@ -135,6 +137,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             data_s += time.perf_counter() - waited  # reported: slow input shows up here, not in compute
             if batch is None:
                 break
+            if with_valid:  # every task reads its training events as the first n_train
+                batch = {**batch, "n_train": batch["n_train"] + batch["n_valid"],
+                         "n_valid": np.zeros_like(batch["n_valid"])}
             loss, _ = task.loss(model, batch, cfg, meta, device)
             if loss is None:  # nothing to learn in this batch; still step together under DDP
                 loss = sum(p.sum() for p in model.parameters()) * 0.0
@@ -142,8 +147,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            steps += 1
-        train_s = time.perf_counter() - start
+        return float(np.mean(losses)) if losses else float("nan"), len(losses), time.perf_counter() - start, data_s
+
+    def save_and_report(report: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if rank == 0:
+                ckpt.save(folder, model, best, optimizer, state, vocab)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(report, checkpoint=checkpoint)
+
+    while state["epoch"] < tc.epochs and state["bad_epochs"] < tc.patience:
+        epoch = state["epoch"]
+        loss, steps, train_s, data_s = train_epoch(epoch)
         valid_start = time.perf_counter()
         metrics, value = validate(model)
         if value > state["best"]:
@@ -153,22 +169,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         report = {**{f"valid/{k}": v for k, v in metrics.items()}, "epoch": epoch, "train_s": train_s,
-                  "data_s": data_s, "valid_s": time.perf_counter() - valid_start,
-                  "loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps,
+                  "data_s": data_s, "valid_s": time.perf_counter() - valid_start, "loss": loss, "steps": steps,
                   "best": state["best"], "best_epoch": state["best_epoch"]}
         if rank == 0:  # one progress line per epoch; worker logs reach the driver's console
             log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f %s); train %.1f s (waiting for "
-                     "data %.1f s), validation %.1f s", epoch + 1, tc.epochs, report["loss"], tc.metric, value,
+                     "data %.1f s), validation %.1f s", epoch + 1, tc.epochs, loss, tc.metric, value,
                      state["best"], f"at epoch {state['best_epoch'] + 1}" if state["best_epoch"] >= 0 else
                      "before training", train_s, data_s, report["valid_s"])
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint = None
+        save_and_report(report)
+
+    if state.get("refit", 0) < tc.refit:
+        if state.get("refit", 0) == 0:  # not resumed half-way through the refit: start from the best
+            (model.module if hasattr(model, "module") else model).load_state_dict(best)
+        while state.get("refit", 0) < tc.refit:
+            done = state.get("refit", 0)
+            loss, steps, train_s, data_s = train_epoch(state["epoch"] + done, with_valid=True)
+            best = ckpt.weights(model)  # what evaluation and scoring load from now on
+            state["refit"] = done + 1
             if rank == 0:
-                ckpt.save(folder, model, best, optimizer, state, vocab)
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(report, checkpoint=checkpoint)
-        if state["bad_epochs"] >= tc.patience:
-            break
+                log.info("refit %d/%d on training + validation events: loss %.4f; train %.1f s", done + 1,
+                         tc.refit, loss, train_s)
+            # The last validation figures stand: the validation events are training data now.
+            save_and_report({"epoch": state["epoch"] - 1, "refit": done + 1, "train_s": train_s, "data_s": data_s,
+                             "loss": loss, "steps": steps, "best": state["best"], "best_epoch": state["best_epoch"]})
 
 
 def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int, cpus_per_worker: int = 1):

@@ -29,6 +29,8 @@ class RecommendModelConfig:
         id_dropout: share of items whose id embedding is dropped at each training step,
             so that the text part alone learns to place an item (what a cold item has).
         max_len: most recent events the user tower reads.
+        layers: self-attention layers over the history before the pooling (0: pooling
+            alone); they let an event's weight depend on the rest of the history.
         lam: EASE's L2 regularisation; None: chosen on the validation users.
         k: ItemKNN's neighbours per item; None: chosen on the validation users.
     """
@@ -39,6 +41,7 @@ class RecommendModelConfig:
     dropout: float = 0.3
     id_dropout: float = 0.1
     max_len: int = 200
+    layers: int = 0
     lam: float | None = None
     k: int | None = None
 
@@ -81,6 +84,11 @@ class TwoTower(nn.Module):
             nn.init.normal_(emb.weight, std=d ** -0.5)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = None
+        if cfg.layers:
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.attend = nn.Linear(d, cfg.heads)
         self.out = nn.Sequential(nn.Linear(cfg.heads * d, d), nn.GELU(), nn.Linear(d, d))
         self.skip = nn.Linear(cfg.heads * d, d)
@@ -103,6 +111,11 @@ class TwoTower(nn.Module):
         T = items.shape[1]
         recency = torch.arange(T - 1, -1, -1, device=items.device).clamp(max=self.recency.num_embeddings - 1)
         x = self.drop(self.norm(table[items, :-1] + self.behavior(behaviors) + self.recency(recency)))  # (B, T, D)
+        if self.encoder is not None:
+            pad = items == 0
+            # A user with no events masks nothing here (an all-masked row gives NaN); the
+            # pooling below ignores padding anyway.
+            x = self.encoder(x, src_key_padding_mask=pad & ~pad.all(1, keepdim=True))
         att = self.attend(x).masked_fill((items == 0)[..., None], float("-inf"))  # (B, T, H)
         att = torch.softmax(att, 1).nan_to_num(0.0)  # a user with no events pools nothing
         pooled = torch.einsum("bth,btd->bhd", att, x).flatten(1)  # (B, H * D)

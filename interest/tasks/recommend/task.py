@@ -53,7 +53,7 @@ class RecommendConfig:
             negatives, log-q corrected), or ``auto``: full up to ``full_max_items``.
         full_max_items: largest catalogue ``auto`` trains with the full softmax.
         negatives: uniform negatives per step (``sampled``).
-        samples: training examples (cut points) per user and epoch.
+        samples: most training examples (distinct cut points) per user and epoch.
         window: events after a cut whose new items are its targets.
         embeddings: item vector store of ``interest embed-items``; the item tower adds
             each item's text vector, which is what reaches cold items (None: ids only).
@@ -66,11 +66,11 @@ class RecommendConfig:
 
     model: RecommendModelConfig = field(default_factory=RecommendModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="recall@20", lr=3e-3, epochs=30,
-                                                                            batch_size=32, patience=4))
+                                                                            batch_size=32, patience=4, refit=1))
     loss: str = "auto"
     full_max_items: int = 200_000
     negatives: int = 1024
-    samples: int = 8
+    samples: int = 32
     window: int = 10
     embeddings: str | None = None
     encoder: str | None = None
@@ -88,6 +88,9 @@ class RecommendConfig:
             raise ConfigError("holdout_items must lie in [0, 1)")
         if self.samples < 1 or self.window < 1:
             raise ConfigError("samples and window must be >= 1")
+        if self.model.layers < 0 or (self.model.layers and self.model.dim % self.model.heads):
+            raise ConfigError(f"model.layers must be >= 0, and with layers model.dim ({self.model.dim}) a "
+                              f"multiple of model.heads ({self.model.heads})")
 
 
 @dataclass
@@ -126,7 +129,8 @@ class RecommendTask(Task):
                                                  columns=[S.ITEM_ID]).column(S.ITEM_ID).combine_chunks()
         cold = uniform_hash(np.arange(meta.n_items)) < cfg.holdout_items
         meta.extra["cold"] = cold
-        train_counts = event_counts(prepared, meta.n_items, (0,))
+        # Items the model learns from: with a refit, the validation events' too.
+        train_counts = event_counts(prepared, meta.n_items, (0, 1) if cfg.train.refit else (0,))
         train_counts[cold] = 0
         meta.extra["train_counts"] = train_counts
         if cfg.embeddings and cfg.model.kind == "two_tower":
@@ -183,9 +187,6 @@ class RecommendTask(Task):
         model.set(_matrix(factory(value).fit(matrix((0, 1)))))
         return chosen
 
-    def train_columns(self) -> list[str]:
-        return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
-
     def users(self, batch: dict[str, np.ndarray], cfg: RecommendConfig, meta: Meta, phase: str) -> Users | None:
         """The users of ``batch`` in ``phase`` (valid, test, score) with their histories;
         for valid and test only those with a new item in the split."""
@@ -239,7 +240,9 @@ class RecommendTask(Task):
         rows, cuts, targets = [], [], []
         for r in np.flatnonzero(n_train >= 2):
             seq = np.asarray(batch["items"][r][:n_train[r]], np.int64)
-            for cut in np.random.randint(1, n_train[r], size=cfg.samples):
+            # Distinct cuts: a short history is not repeated within an epoch, a long one
+            # gives more examples (a small catalogue of long histories needs the steps).
+            for cut in 1 + np.random.permutation(n_train[r] - 1)[:cfg.samples]:
                 after = seq[cut:cut + cfg.window]
                 new = after[~np.isin(after, seq[:cut]) & ~cold[after]]
                 if len(new):

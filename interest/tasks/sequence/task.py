@@ -110,9 +110,6 @@ class SequenceTask(Task):
     def build_model(self, cfg: SequenceConfig, meta: Meta) -> nn.Module:
         return SequenceModel(meta.n_items, cfg.model, meta.extra.get("vectors"))
 
-    def train_columns(self) -> list[str]:
-        return [S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
-
     def loss(self, model, batch, cfg: SequenceConfig, meta: Meta, device):
         n_train = batch["n_train"].astype(np.int64)
         keep = np.flatnonzero(n_train >= 2)  # a user needs an input and a target

@@ -163,9 +163,6 @@ class TagsTask(Task):
         rest = [p for p in model.parameters() if id(p) not in ids]
         return [{"params": encoder, "lr": cfg.encoder_lr}, {"params": rest}]
 
-    def train_columns(self) -> list[str]:
-        return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
-
     def examples(self, batch: dict[str, np.ndarray], cfg: TagsConfig, meta: Meta, phase: str) -> Examples | None:
         """The users of ``batch`` in ``phase`` (train, valid, test, score) that have labels.
 
