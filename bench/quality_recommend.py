@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if not m:
             continue
         if "skipped" in m:
-            rows.append([method, m["skipped"], "", "", "", ""])
+            rows.append([method, "-", "-", "-", "-", f"skipped: {m['skipped']}"])
             figures[method] = {"skipped": m["skipped"]}
             continue
         chosen = ", ".join(f"{k} {m[k]:g}" for k in ("lambda", "k") if k in m)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([method, f"{m['hr@10']:.4f}", f"{m['ndcg@10']:.4f}", f"{m['hr@20']:.4f}",
                          f"{m['ndcg@20']:.4f}", param])
         elif m:
-            rows.append([method, m.get("skipped", ""), "", "", "", ""])
+            rows.append([method, "-", "-", "-", "-", f"skipped: {m.get('skipped', '')}"])
     for pub, (hr, ndcg) in PUBLISHED.get(name, {}).items():
         rows.append([f"{pub} (published)", f"{hr:.4f}", f"{ndcg:.4f}", "", "", ""])
     p = results["protocol"]
