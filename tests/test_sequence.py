@@ -120,7 +120,7 @@ def loops_prepared(tmp_path_factory, ray_start_4_cpus):
     return root / "prepared"
 
 
-TINY = {"preset": "tiny", "mask_seen": False, "train": {"epochs": 6, "batch_size": 8, "lr": 0.03, "patience": 6}}
+TINY = {"preset": "tiny", "mask_seen": False, "train": {"epochs": 10, "batch_size": 8, "lr": 0.03, "patience": 10}}
 
 
 @pytest.mark.ray
