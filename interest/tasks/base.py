@@ -64,6 +64,11 @@ class TrainConfig:
             raise ConfigError(f"train.refit must be >= 0, got {self.refit}")
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself, out of its DDP wrapper when it has one."""
+    return model.module if hasattr(model, "module") else model
+
+
 @dataclass
 class Meta:
     """Facts about the prepared dataset a model is built for (sizes, item popularity)."""

@@ -16,6 +16,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from interest import io
+from interest.tasks.base import unwrap
 
 MODEL = "model.safetensors"
 BEST = "best.safetensors"
@@ -26,7 +27,7 @@ VOCAB = "items.parquet"
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the model's weights (unwrapping DDP)."""
-    core = model.module if hasattr(model, "module") else model
+    core = unwrap(model)
     return {k: v.detach().cpu().clone().contiguous() for k, v in core.state_dict().items()}
 
 

@@ -26,6 +26,7 @@ import torch
 from interest import config as C
 from interest import io
 from interest.tasks import get_task
+from interest.tasks.base import unwrap
 from interest.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
     model = task.build_model(cfg, meta)
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "task": config["task"],
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "refit": 0, "task": config["task"],
              "config": config["cfg"], "prepared": config["prepared"]}
     device = ray.train.torch.get_device()
     train_shard = ray.train.get_dataset_shard("train")
@@ -178,20 +179,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                      "before training", train_s, data_s, report["valid_s"])
         save_and_report(report)
 
-    if state.get("refit", 0) < tc.refit:
-        if state.get("refit", 0) == 0:  # not resumed half-way through the refit: start from the best
-            (model.module if hasattr(model, "module") else model).load_state_dict(best)
-        while state.get("refit", 0) < tc.refit:
-            done = state.get("refit", 0)
-            loss, steps, train_s, data_s = train_epoch(state["epoch"] + done, with_valid=True)
-            best = ckpt.weights(model)  # what evaluation and scoring load from now on
-            state["refit"] = done + 1
-            if rank == 0:
-                log.info("refit %d/%d on training + validation events: loss %.4f; train %.1f s", done + 1,
-                         tc.refit, loss, train_s)
-            # The last validation figures stand: the validation events are training data now.
-            save_and_report({"epoch": state["epoch"] - 1, "refit": done + 1, "train_s": train_s, "data_s": data_s,
-                             "loss": loss, "steps": steps, "best": state["best"], "best_epoch": state["best_epoch"]})
+    if tc.refit and state["refit"] == 0:  # not resumed half-way through the refit: start from the best
+        unwrap(model).load_state_dict(best)
+    while state["refit"] < tc.refit:
+        done = state["refit"]
+        loss, steps, train_s, data_s = train_epoch(state["epoch"] + done, with_valid=True)
+        best = ckpt.weights(model)  # what evaluation and scoring load from now on
+        state["refit"] = done + 1
+        if rank == 0:
+            log.info("refit %d/%d on training + validation events: loss %.4f; train %.1f s", done + 1,
+                     tc.refit, loss, train_s)
+        # The last validation figures stand: the validation events are training data now.
+        save_and_report({"epoch": state["epoch"] - 1, "refit": done + 1, "train_s": train_s, "data_s": data_s,
+                         "loss": loss, "steps": steps, "best": state["best"], "best_epoch": state["best_epoch"]})
 
 
 def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int, cpus_per_worker: int = 1):

@@ -31,7 +31,7 @@ from interest.config import ConfigError
 from interest.evaluate.baselines import EASE, ItemKNN, interaction_matrix
 from interest.evaluate.metrics import top_k_sums
 from interest.score.topn import top_n, top_of_rows
-from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash, unwrap
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
 from interest.tasks.recommend.model import KINDS, ItemItem, PopularityModel, RecommendModelConfig, TwoTower
 from interest.tasks.sequence.task import windows
@@ -113,10 +113,6 @@ def event_counts(prepared: str, n_items: int, splits: tuple[int, ...] = (0,)) ->
             columns=[S.ITEM_IDX], filter=pc.field(S.SPLIT).isin(list(splits))):
         counts += np.bincount(b.column(S.ITEM_IDX).to_numpy(), minlength=n_items)
     return counts
-
-
-def _core(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 class RecommendTask(Task):
@@ -226,7 +222,7 @@ class RecommendTask(Task):
 
     def scores(self, model: nn.Module, users: Users, cfg: RecommendConfig, device) -> torch.Tensor:
         """(U, n_items) scores of every item for ``users``."""
-        core = _core(model)
+        core = unwrap(model)
         if isinstance(core, TwoTower):
             return core.scores(torch.as_tensor(users.items, device=device),
                                torch.as_tensor(users.behaviors, device=device))
@@ -291,7 +287,7 @@ class RecommendTask(Task):
         if users is None:
             return S.RECOMMENDATIONS.empty_table()
         exclude = {"bought": users.bought, "seen": users.history, "none": None}[cfg.exclude]
-        core = _core(model)
+        core = unwrap(model)
         if isinstance(core, TwoTower):
             states, table = core(torch.as_tensor(users.items, device=device),
                                  torch.as_tensor(users.behaviors, device=device))

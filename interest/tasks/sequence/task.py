@@ -15,7 +15,7 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
-from interest.tasks.base import Meta, Task, TrainConfig, load_meta
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, unwrap
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
 from interest.tasks.sequence.model import PRESETS, SequenceModel, SequenceModelConfig, gap_buckets
 from interest.score.topn import top_n
@@ -90,10 +90,6 @@ def _tensors(device, *arrays):
     return [torch.as_tensor(a, device=device) for a in arrays]
 
 
-def _core(model: nn.Module) -> SequenceModel:
-    return model.module if hasattr(model, "module") else model
-
-
 class SequenceTask(Task):
     name = "sequence"
     config_cls = SequenceConfig
@@ -129,7 +125,7 @@ class SequenceTask(Task):
             t_items.append(items[:, 1:][valid] - 1)
             t_behaviors.append(behaviors[:, 1:][valid] - 1)
         s, t_item, t_behavior = torch.cat(states), torch.cat(t_items), torch.cat(t_behaviors)  # (N, D), (N,)
-        core = _core(model)
+        core = unwrap(model)
         if cfg.loss == "full":
             item_loss = full_softmax_loss(s, t_item, core.item_table()[1:])
         else:
@@ -146,7 +142,7 @@ class SequenceTask(Task):
         """(U, D) state of each user of ``sub`` after its events [0, end)."""
         items, behaviors, gaps = windows(sub, ends, min(cfg.model.max_len, int(ends.max())))
         items, behaviors, gaps = _tensors(device, items, behaviors, gaps)
-        return _core(model)(items, behaviors, gap_buckets(gaps))[:, -1]
+        return unwrap(model)(items, behaviors, gap_buckets(gaps))[:, -1]
 
     @torch.no_grad()
     def predict(self, model, batch, cfg: SequenceConfig, device, split: str = "valid"):
@@ -170,7 +166,7 @@ class SequenceTask(Task):
         target_items = np.array([sub["items"][r][ends[r]] for r in range(len(rows))], np.int64)
         target_behaviors = np.array([sub["behaviors"][r][ends[r]] for r in range(len(rows))], np.int64)
         history = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
-        return rows, states, _core(model).behavior_logits(states), target_items, target_behaviors, history
+        return rows, states, unwrap(model).behavior_logits(states), target_items, target_behaviors, history
 
     @torch.no_grad()
     def score(self, model, batch: dict[str, np.ndarray], cfg: SequenceConfig, meta: Meta, device, *,
@@ -185,10 +181,10 @@ class SequenceTask(Task):
         sub, ends = {k: v[rows] for k, v in batch.items()}, ends[rows]
         states = self.user_states(model, sub, ends, cfg, device)
         seen = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
-        scores, top, lse = top_n(states, _core(model).item_table()[1:], top_k, seen if cfg.mask_seen else None)
+        scores, top, lse = top_n(states, unwrap(model).item_table()[1:], top_k, seen if cfg.mask_seen else None)
         probs = torch.exp(scores - lse[:, None]).cpu().numpy()
         top = top.cpu().numpy()
-        behavior = torch.softmax(_core(model).behavior_logits(states), 1).cpu().numpy()
+        behavior = torch.softmax(unwrap(model).behavior_logits(states), 1).cpu().numpy()
         kept = np.isfinite(scores.cpu().numpy())  # fewer unseen items than top_k
         user_rows, ranks = np.nonzero(kept)
         item_ids = meta.extra["item_ids"]
@@ -202,7 +198,7 @@ class SequenceTask(Task):
         }, schema=S.NEXT_ACTIONS)
 
     def item_scores(self, model, states: torch.Tensor) -> torch.Tensor:
-        return _core(model).item_scores(states)
+        return unwrap(model).item_scores(states)
 
     def evaluate(self, model, cfg: SequenceConfig, meta: Meta, prepared: str, *, protocol=None,
                  baselines=("popularity",), batch_size: int = 1024) -> dict:
