@@ -39,8 +39,20 @@ def add_task_args(parser: argparse.ArgumentParser, task: str, example: str) -> N
     """The options every quality bench shares: workers, encoder, task config overrides."""
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--encoder", default=None, help="encoder folder (default: the packaged MiniLM)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="train.precision; auto: bf16 where this CPU multiplies bfloat16 natively")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help=f"{task} task config, e.g. --set {example}")
+
+
+def precision(args) -> str:
+    """``train.precision=...`` for ``--precision`` (put before ``--set``, which may override it)."""
+    value = args.precision
+    if value == "auto":
+        import torch
+
+        value = "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "fp32"
+    return f"train.precision={value}"
 
 
 def work_folder(args, bench: str) -> Path:

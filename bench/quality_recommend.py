@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_dataset_args, add_task_args, embed_items, emit_json, epoch_train_seconds,  # noqa: E402
-                     last_json, prepared_dataset, print_table, run_measured, work_folder)
+                     last_json, precision, prepared_dataset, print_table, run_measured, work_folder)
 
 METHODS = ("model", "popularity", "itemknn", "ease")
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     name = work.name
     py = sys.executable
     prepared, _ = prepared_dataset(args, work, synthetic_split="time")
-    sets = [f"holdout_items={args.holdout_items}", *args.set]
+    sets = [f"holdout_items={args.holdout_items}", precision(args), *args.set]
     text = not args.no_text and _has_text(prepared)
     if text:
         store, _ = embed_items(prepared, work, args.encoder)

@@ -25,6 +25,21 @@ def test_full_ranking_matches_brute_force_in_chunks():
     assert ranks.tolist() == [brute_force_rank(scores[u], targets[u], seen[u]) for u in range(n_users)]
 
 
+def test_ranks_with_distinct_scores_masks_and_masked_targets_match_brute_force():
+    # Distinct scores take the counting path; a few planted ties and masked targets the exact one.
+    rng = np.random.default_rng(1)
+    n_users, n_items = 64, 50
+    scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
+    scores[:4, 7] = scores[:4, 3]  # ties in four rows
+    targets = rng.integers(0, n_items, n_users)
+    seen = [rng.choice(n_items, rng.integers(0, 8), replace=False) for _ in range(n_users)]
+    seen[5] = np.union1d(seen[5], [targets[5]])  # a masked target
+    rows = torch.as_tensor(np.repeat(np.arange(n_users), [len(s) for s in seen]))
+    cols = torch.as_tensor(np.concatenate(seen).astype(np.int64))
+    ranks = ranks_from_scores(torch.as_tensor(scores), torch.as_tensor(targets), rows, cols)
+    assert ranks.tolist() == [brute_force_rank(scores[u], targets[u], seen[u]) for u in range(n_users)]
+    assert ranks[5] >= n_items - len(seen[5])
+
 def test_constant_scores_get_no_credit_for_ties():
     ranks = ranks_from_scores(torch.zeros(3, 10), torch.tensor([0, 5, 9]))
     assert ranks.tolist() == [0, 5, 9]

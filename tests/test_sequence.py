@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from interest.config import ConfigError
+from interest.tasks.base import TrainConfig
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
 from interest.tasks.sequence.model import SequenceModel, SequenceModelConfig
 from interest.tasks.sequence.task import SequenceConfig
@@ -87,11 +88,43 @@ def test_full_softmax_matches_cross_entropy_in_value_and_gradients():
                              torch.nn.functional.cross_entropy(states @ weight.t(), targets))
 
 
+def test_full_softmax_under_bf16_autocast_stays_close_to_float32():
+    torch.manual_seed(0)
+    states = torch.randn(300, 16, requires_grad=True)
+    weight = (0.3 * torch.randn(500, 16)).requires_grad_()
+    targets = torch.randint(0, 500, (300,))
+    full_softmax_loss(states, targets, weight).backward()
+    exact, exact_grads = full_softmax_loss(states, targets, weight).item(), (states.grad.clone(), weight.grad.clone())
+    states.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = full_softmax_loss(states, targets, weight)
+    loss.backward()
+    assert loss.dtype == torch.float32 and abs(loss.item() - exact) < 1e-2 * exact
+    for got, want in zip((states.grad, weight.grad), exact_grads):
+        assert got.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), 0) > 0.99
+
+def test_behavior_transitions_count_consecutive_training_events(tmp_path):
+    from interest.tasks.sequence.task import behavior_transitions
+
+    (tmp_path / "sequences").mkdir()
+    # view=0, cart=3, buy=4; events past n_train (validation, test) are not counted.
+    table = pa.table({"behaviors": pa.array([[0, 3, 4, 0], [0, 0], [3]], pa.list_(pa.int8())),
+                      "n_train": pa.array([3, 2, 1], pa.int32())})
+    pq.write_table(table, tmp_path / "sequences" / "part-0.parquet", row_group_size=2)  # two batches
+    counts = np.ones((6, 5))
+    for last, nxt in [(0, 0), (1, 3), (4, 4), (0, 0), (1, 0), (0, 3)]:  # (last + 1, next); 0: no event before
+        counts[last, nxt] += 1
+    expected = np.log(counts / counts.sum(1, keepdims=True))
+    assert np.allclose(behavior_transitions(str(tmp_path)), expected)
+
 def test_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match="loss must be one of"):
         SequenceConfig(loss="nope")
     with pytest.raises(ConfigError, match="unknown preset"):
         SequenceConfig(preset="huge")
+    with pytest.raises(ConfigError, match="train.precision must be fp32 or bf16"):
+        TrainConfig(precision="fp16")
     cfg = SequenceConfig(preset="tiny")
     assert cfg.model.dim == 16 and cfg.model.max_len == 20
 
@@ -124,13 +157,13 @@ TINY = {"preset": "tiny", "mask_seen": False, "train": {"epochs": 10, "batch_siz
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("kind", ["sasrec", "gru"])
-def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind):
+@pytest.mark.parametrize("kind,precision", [("sasrec", "fp32"), ("gru", "bf16")])
+def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, precision):
     from interest.evaluate.harness import evaluate
     from interest.evaluate.metrics import Protocol
     from interest.train.loop import fit
 
-    cfg = {**TINY, "model": {"kind": kind}}
+    cfg = {**TINY, "model": {"kind": kind}, "train": {**TINY["train"], "precision": precision}}
     result = fit("sequence", str(loops_prepared), str(tmp_path / "run"), cfg, num_workers=2)
     assert result.error is None
     assert result.metrics["valid/users"] == 320  # both workers' shards are counted

@@ -40,18 +40,48 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, seen_rows: to
                       seen_cols: torch.Tensor | None = None) -> torch.Tensor:
     """0-based rank of each row's target among all columns of ``scores`` (B, I).
 
-    ``seen_rows``/``seen_cols`` list (row, item) pairs to mask; a masked target is
-    ranked after every unmasked item.
+    ``seen_rows``/``seen_cols`` list distinct (row, item) pairs to mask; a masked target
+    is ranked after every unmasked item.
+
+    The counts come from one sign pass over ``scores`` minus the target score (sum of
+    signs = above - below, sum of their absolutes = above + below), and the masks'
+    corrections from the few seen pairs: masking a copy of the (B, I) block and comparing
+    column indices for tie order, as :func:`_exact_ranks` does, takes 4-5x as long, and was
+    half of a 54k-item validation epoch on 2 cores. Only rows with a tie, a masked target
+    or a non-finite score, rare with learned scores, take that exact path.
     """
-    scores = scores.float().clone()
-    if seen_rows is not None and len(seen_rows):
-        scores[seen_rows, seen_cols] = float("-inf")
+    scores = scores.float()
     rows = torch.arange(len(targets), device=scores.device)
     target_score = scores[rows, targets].unsqueeze(1)  # (B, 1)
-    higher = (scores > target_score).sum(1)
-    cols = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
-    tied_before = ((scores == target_score) & (cols < targets.unsqueeze(1))).sum(1)
-    return higher + tied_before
+    # Sums of +-1 are exact in float32 below 2^24 columns.
+    sign = (scores - target_score).sign_().to(torch.float32 if scores.shape[1] < 2 ** 24 else torch.float64)
+    above_minus_below = sign.sum(1)
+    above_plus_below = torch.linalg.vector_norm(sign, ord=1, dim=1)  # fused: no |sign| block written
+    higher = ((above_minus_below + above_plus_below) / 2).long()
+    ties = scores.shape[1] - 1 - above_plus_below
+    slow = (ties != 0) | above_plus_below.isnan() | ~target_score[:, 0].isfinite()
+    if seen_rows is not None and len(seen_rows):
+        seen_scores, seen_targets = scores[seen_rows, seen_cols], target_score[seen_rows, 0]
+        higher -= torch.bincount(seen_rows[seen_scores > seen_targets], minlength=len(targets))
+        slow[seen_rows[seen_cols == targets[seen_rows]]] = True
+    slow_rows = slow.nonzero().squeeze(1)
+    if len(slow_rows):
+        higher[slow_rows] = _exact_ranks(scores, targets, seen_rows, seen_cols, slow_rows)
+    return higher
+
+
+def _exact_ranks(scores, targets, seen_rows, seen_cols, rows) -> torch.Tensor:
+    """:func:`ranks_from_scores` of ``rows`` by masking a copy (ties: lower index first)."""
+    sub = scores[rows].clone()
+    if seen_rows is not None and len(seen_rows):
+        position = torch.full((len(scores),), -1, dtype=torch.long, device=scores.device)
+        position[rows] = torch.arange(len(rows), device=scores.device)
+        keep = position[seen_rows] >= 0
+        sub[position[seen_rows[keep]], seen_cols[keep]] = float("-inf")
+    t = targets[rows]
+    target_score = sub[torch.arange(len(rows), device=sub.device), t].unsqueeze(1)
+    cols = torch.arange(sub.shape[1], device=sub.device).unsqueeze(0)
+    return (sub > target_score).sum(1) + ((sub == target_score) & (cols < t.unsqueeze(1))).sum(1)
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:

@@ -40,6 +40,11 @@ class TrainConfig:
             test resembles most. The checkpoint then holds the refit weights; the reported
             validation figures stay those of the best epoch before it (after the refit the
             validation events are training data).
+        precision: ``fp32``, or ``bf16``: the training forward pass under
+            ``torch.autocast`` (matrix products in bfloat16, float32 weights, optimiser and
+            accumulation), and the catalogue softmax's products in bfloat16. About 2x faster
+            where the hardware has bfloat16 units (CPUs with AVX512-BF16 or AMX, recent
+            GPUs); validation and scoring stay in float32.
     """
 
     epochs: int = 30
@@ -52,6 +57,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     cache: bool = True
     refit: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -62,6 +68,8 @@ class TrainConfig:
             raise ConfigError("train.patience must be >= 1")
         if self.refit < 0:
             raise ConfigError(f"train.refit must be >= 0, got {self.refit}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

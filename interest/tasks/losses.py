@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 # Rows of logits computed at a time by full_softmax_loss: 32 x a 12k catalogue is 1.5 MB,
-# which stays in cache between the matmul, the softmax and the gradient matmuls.
+# which stays in cache between the matmul, the softmax and the gradient matmuls. bfloat16
+# products are fast enough that the per-chunk overhead shows: 128 rows measured best.
 CHUNK = 32
+CHUNK_BF16 = 128
 
 
 class _FullSoftmax(torch.autograd.Function):
@@ -25,18 +27,24 @@ class _FullSoftmax(torch.autograd.Function):
     gradient. Measured on 2 CPU cores at 900 x 64 x 12101 it takes half the time of
     ``F.cross_entropy(states @ weight.T)``, whose log-softmax writes and re-reads the
     full logits several times.
+
+    ``low`` (bfloat16 or None): the three products' operands in that type, the softmax
+    and every sum in float32, as autocast would do; about half the time again where the
+    hardware multiplies bfloat16 natively (measured 0.37 s against 0.81 s for 2048 states
+    x 54,542 items on one core with AVX512-BF16).
     """
 
     @staticmethod
-    def forward(ctx, states, weight, targets, chunk):
+    def forward(ctx, states, weight, targets, chunk, low):
         n = states.shape[0]
         grad_states = torch.empty_like(states)
         grad_weight = torch.zeros_like(weight)
         total = states.new_zeros(())
+        s_all, w = (states, weight) if low is None else (states.to(low), weight.to(low))
         for i in range(0, n, chunk):
-            s, t = states[i:i + chunk], targets[i:i + chunk]
+            s, t = s_all[i:i + chunk], targets[i:i + chunk]
             rows = torch.arange(len(t), device=t.device)
-            logits = s @ weight.t()
+            logits = (s @ w.t()).to(states.dtype)
             peak = logits.amax(1, keepdim=True)
             total -= (logits[rows, t] - peak.squeeze(1)).sum()
             # In place from here: exp(logits - peak) is both the softmax numerator and, summed,
@@ -46,23 +54,37 @@ class _FullSoftmax(torch.autograd.Function):
             total += z.log().sum()
             probs.div_(z * n)
             probs[rows, t] -= 1.0 / n  # d(mean loss)/d(logits) = (softmax - one_hot) / n
-            grad_states[i:i + chunk] = probs @ weight
-            grad_weight.addmm_(probs.t(), s)
+            if low is None:
+                grad_states[i:i + chunk] = probs @ w
+                grad_weight.addmm_(probs.t(), s)
+            else:
+                probs = probs.to(low)
+                grad_states[i:i + chunk] = probs @ w
+                grad_weight += probs.t() @ s
         ctx.save_for_backward(grad_states, grad_weight)
         return total / n
 
     @staticmethod
     def backward(ctx, grad):
         grad_states, grad_weight = ctx.saved_tensors
-        return grad_states * grad, grad_weight * grad, None, None
+        return grad_states * grad, grad_weight * grad, None, None, None
 
 
 def full_softmax_loss(states: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
-                      chunk: int = CHUNK) -> torch.Tensor:
-    """Mean cross-entropy of every state's target (0-based item index) over all items."""
+                      chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of every state's target (0-based item index) over all items.
+
+    Under ``torch.autocast`` (``train.precision=bf16``) the products run in the autocast
+    type; the inputs and gradients stay float32."""
     if not torch.is_grad_enabled() or not (states.requires_grad or item_weight.requires_grad):
         return F.cross_entropy(states @ item_weight.t(), targets)
-    return _FullSoftmax.apply(states, item_weight, targets, chunk)
+    device = states.device.type
+    low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    with torch.autocast(device, enabled=False):  # the function casts itself, and keeps its sums in float32
+        # Autocast hands over bfloat16 states from the model's last layer: the loss is float32 or wider.
+        return _FullSoftmax.apply(states.to(torch.promote_types(states.dtype, torch.float32)),
+                                  item_weight.to(torch.promote_types(item_weight.dtype, torch.float32)), targets,
+                                  chunk or (CHUNK if low is None else CHUNK_BF16), low)
 
 
 def sampled_softmax_loss(states: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,

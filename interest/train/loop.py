@@ -43,6 +43,11 @@ def _allreduce(sums: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def _valid(metrics: dict[str, float]) -> dict[str, float]:
+    """Validation figures as reported (and kept in the JSON state): ``valid/`` names, floats."""
+    return {f"valid/{k}": float(v) for k, v in metrics.items()}
+
+
 def _ddp_kwargs() -> dict[str, bool]:
     """No model keeps running statistics in its buffers; they hold constants (frozen item
     text vectors), which DDP would otherwise re-broadcast from rank 0 before every step.
@@ -71,8 +76,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
     model = task.build_model(cfg, meta)
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "refit": 0, "task": config["task"],
-             "config": config["cfg"], "prepared": config["prepared"]}
+    # best_valid: the best epoch's validation figures, reported again after the refit.
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "refit": 0, "best_valid": {},
+             "task": config["task"], "config": config["cfg"], "prepared": config["prepared"]}
     device = ray.train.torch.get_device()
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
@@ -96,7 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                  time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as folder:
             ckpt.save(folder, model, ckpt.weights(model), None, state, vocab)
-            ray.train.report({**{f"valid/{k}": v for k, v in metrics.items()}, "epoch": 0, "best": value,
+            ray.train.report({**_valid(metrics), "epoch": 0, "best": value,
                               "best_epoch": 0, "train_s": time.perf_counter() - start},
                              checkpoint=ray.train.Checkpoint.from_directory(folder))
         return
@@ -107,7 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored:
         with restored.as_directory() as folder:
             state.update({k: v for k, v in ckpt.load_state(folder).items() if k in ("epoch", "best", "best_epoch",
-                                                                                 "bad_epochs", "refit")})
+                                                                                 "bad_epochs", "refit", "best_valid")})
             model.load_state_dict(ckpt.read_weights(folder))
             best = ckpt.read_weights(folder, ckpt.BEST)
             ckpt.load_optimizer(folder, optimizer)
@@ -118,7 +124,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if task.validate_initial and not restored:
         # The task's untrained model is a meaningful answer (tags start as "the user's own
         # tags"): it is the best to beat, and stays the result if no epoch beats it.
-        _, state["best"] = validate(model)
+        metrics, state["best"] = validate(model)
+        state["best_valid"] = _valid(metrics)
         if rank == 0:
             log.info("before training: valid %s %.4f", tc.metric, state["best"])
 
@@ -141,7 +148,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if with_valid:  # every task reads its training events as the first n_train
                 batch = {**batch, "n_train": batch["n_train"] + batch["n_valid"],
                          "n_valid": np.zeros_like(batch["n_valid"])}
-            loss, _ = task.loss(model, batch, cfg, meta, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+                loss, _ = task.loss(model, batch, cfg, meta, device)
             if loss is None:  # nothing to learn in this batch; still step together under DDP
                 loss = sum(p.sum() for p in model.parameters()) * 0.0
             optimizer.zero_grad(set_to_none=True)
@@ -164,12 +172,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         valid_start = time.perf_counter()
         metrics, value = validate(model)
         if value > state["best"]:
-            state.update(best=value, best_epoch=epoch, bad_epochs=0)
+            state.update(best=value, best_epoch=epoch, bad_epochs=0, best_valid=_valid(metrics))
             best = ckpt.weights(model)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        report = {**{f"valid/{k}": v for k, v in metrics.items()}, "epoch": epoch, "train_s": train_s,
+        report = {**_valid(metrics), "epoch": epoch, "train_s": train_s,
                   "data_s": data_s, "valid_s": time.perf_counter() - valid_start, "loss": loss, "steps": steps,
                   "best": state["best"], "best_epoch": state["best_epoch"]}
         if rank == 0:  # one progress line per epoch; worker logs reach the driver's console
@@ -189,9 +197,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("refit %d/%d on training + validation events: loss %.4f; train %.1f s", done + 1,
                      tc.refit, loss, train_s)
-        # The last validation figures stand: the validation events are training data now.
-        save_and_report({"epoch": state["epoch"] - 1, "refit": done + 1, "train_s": train_s, "data_s": data_s,
-                         "loss": loss, "steps": steps, "best": state["best"], "best_epoch": state["best_epoch"]})
+        # The best epoch's validation figures stand: the validation events are training data now.
+        save_and_report({**state["best_valid"], "epoch": state["epoch"] - 1, "refit": done + 1, "train_s": train_s,
+                         "data_s": data_s, "loss": loss, "steps": steps, "best": state["best"],
+                         "best_epoch": state["best_epoch"]})
 
 
 def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int, cpus_per_worker: int = 1):

@@ -81,7 +81,15 @@ class SequenceModel(nn.Module):
         else:
             raise ValueError(f"unknown sequence model kind {cfg.kind!r}; use sasrec or gru")
         self.norm = nn.LayerNorm(d)
+        # Next behaviour = log P(next | last behaviour), counted on the training events by the
+        # task (:func:`interest.tasks.sequence.task.behavior_transitions`; row 0: no event
+        # before), plus what the state adds; the head starts at zero, so the untrained model
+        # already answers as that first-order chain. Learned alone, the head had not caught
+        # up with "repeat the last behaviour" when early stopping (on the next item) ended
+        # training on the small time-split files.
+        self.register_buffer("transitions", torch.zeros(N_BEHAVIORS + 1, N_BEHAVIORS))
         self.behavior_head = nn.Linear(d, N_BEHAVIORS)
+        nn.init.zeros_(self.behavior_head.weight)
         nn.init.normal_(self.item.weight, std=d ** -0.5)
         with torch.no_grad():
             self.item.weight[0].zero_()
@@ -120,6 +128,7 @@ class SequenceModel(nn.Module):
         """(N, D) states -> (N, n_items) scores of every item (padding excluded)."""
         return states @ self.item_table()[1:].t()
 
-    def behavior_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return self.behavior_head(states)
+    def behavior_logits(self, states: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """(N, D) states and (N,) the behaviour + 1 of each state's latest event -> (N, 5)."""
+        return self.behavior_head(states) + self.transitions[last]
 
