@@ -147,6 +147,21 @@ def test_two_tower_learns_groups_and_reaches_cold_items_by_text(checkerboard):
     assert (best_cold == groups).mean() > 0.5  # chance: 1 in 8 (a tiny random encoder: 0.75 seen)
 
 
+@pytest.mark.timeout(300)
+def test_ddp_workers_skip_together_a_step_where_one_has_nothing_to_learn(checkerboard):
+    """With 90% of the items held out, about 40% of the users have no warm next item: at
+    batches of one user, one worker often has nothing to learn while the other has. Such
+    a worker runs no forward pass; if the other went on to DDP's gradient all-reduce it
+    would wait for ever (this hung before the workers agreed to skip together)."""
+    from interest.train.loop import fit
+
+    result = fit("recommend", str(checkerboard["prepared"]), str(checkerboard["root"] / "run_skip"),
+                 {"holdout_items": 0.9, "model": {"dim": 8},
+                  "train": {"epochs": 1, "batch_size": 1, "refit": 0, "eval_batch_size": 64}}, num_workers=2)
+    assert result.error is None
+    assert 0 < result.metrics["steps"] < 200  # 400 users, 200 a worker: some steps were skipped
+
+
 def test_closed_form_model_is_chosen_on_validation_and_matches_its_baseline(checkerboard):
     from interest.evaluate.harness import evaluate, latest_checkpoint
     from interest.score.batch import score

@@ -54,6 +54,35 @@ def test_tag_sources_and_taxonomy(tmp_path):
         L.build(items, taxonomy=str(taxonomy))
 
 
+def test_tag_transitions_count_consecutive_events():
+    items = pa.table({S.ITEM_IDX: pa.array([0, 1, 2, 3], pa.int32()), S.CATEGORY: ["a.b", "a", None, "c"]})
+    space = L.build(items)  # tags a, a.b, c
+    # Two batches of (before, after) item pairs; -1 opens a sequence, item 2 has no tags.
+    steps = [(np.array([-1, 0, 3]), np.array([0, 3, 1])), (np.array([1, 2, -1]), np.array([0, 1, 3]))]
+    tr = L.TagTransitions.count(space, steps)
+    dense = np.zeros((3, 3))
+    for a in range(3):
+        dense[a, tr.indices[tr.indptr[a]:tr.indptr[a + 1]]] = tr.data[tr.indptr[a]:tr.indptr[a + 1]]
+    # a -> {c (0 -> 3), a and a.b (1 -> 0)}; a.b -> c; c -> a (3 -> 1)
+    np.testing.assert_allclose(dense, [[1 / 3, 1 / 3, 1 / 3], [0, 0, 1], [1, 0, 0]], rtol=1e-6)
+    after = tr.after(space, np.array([0, 2, -1, 3]))
+    np.testing.assert_allclose(after[0], (dense[0] + dense[1]) / 2, rtol=1e-6)  # averaged over item 0's tags
+    assert not after[1].any() and not after[2].any()  # untagged item, no event
+    np.testing.assert_allclose(after[3], dense[2])
+
+
+def test_config_paths_are_made_absolute_and_nothing_else(tmp_path, monkeypatch):
+    from interest.train.loop import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "store").mkdir()
+    cfg = TagsConfig(embeddings="store", encoder="org/hub-model", separator=".")
+    absolute_paths(cfg)
+    assert cfg.embeddings == str(tmp_path / "store")
+    assert cfg.encoder == "org/hub-model"  # not a local folder: a hub name, left alone
+    assert cfg.separator == "."  # names the working directory, but is not a path
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="needs embeddings"):
         TagsConfig(mode="cached")

@@ -7,7 +7,7 @@ this interface, so adding a task means writing these methods, not another loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -94,6 +94,23 @@ def uniform_hash(idx: np.ndarray) -> np.ndarray:
     return h.astype(np.float64) / 2 ** 32
 
 
+def training_steps(prepared: str, column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``column``'s values (items, behaviors) of consecutive training events (each user's
+    first ``n_train``), as (before, after) arrays a batch of sequences at a time; ``before``
+    is -1 where ``after`` is a user's first event. Streams the prepared sequences."""
+    import pyarrow.dataset as pads
+
+    fs, inner = io.filesystem(io.join(prepared, "sequences"))
+    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=[column, "n_train"]):
+        lists = b.column(column)
+        offsets = lists.offsets.to_numpy()
+        lengths = np.minimum(np.diff(offsets), b.column("n_train").to_numpy().astype(np.int64))
+        position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        at = np.repeat(offsets[:-1], lengths) + position
+        values = lists.values.to_numpy().astype(np.int64)
+        yield np.where(position > 0, values[np.maximum(at - 1, 0)], -1), values[at]
+
+
 def load_meta(prepared: str) -> Meta:
     report = load_report(prepared)
     counts = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.COUNT]).column(S.COUNT)
@@ -135,7 +152,10 @@ class Task:
         return [{"params": list(model.parameters())}]
 
     def loss(self, model: nn.Module, batch: dict[str, np.ndarray], cfg: Any, meta: Meta,
-             device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+             device: torch.device) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """(training loss, figures to log) of one batch: the model called once; or (None,
+        {}) without calling it when the batch holds nothing to learn (the training loop
+        has the workers skip that step together)."""
         raise NotImplementedError
 
     def predict(self, model: nn.Module, batch: dict[str, np.ndarray], cfg: Any, device: torch.device,

@@ -32,13 +32,18 @@ from interest.train import checkpoint as ckpt
 log = logging.getLogger(__name__)
 
 
-def _allreduce(sums: dict[str, float]) -> dict[str, float]:
+class _SkipStep(Exception):
+    """Raised as the model is called in a training step that another worker skips."""
+
+
+def _allreduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    """``sums`` added up over the workers (on ``device``: NCCL reduces GPU tensors only)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return sums
     keys = sorted(sums)
-    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist()))
 
@@ -88,7 +93,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.eval()
         sums = task.validate(model, valid_shard.iter_batches(batch_size=tc.eval_batch_size, batch_format="numpy"),
                              cfg, meta, device, "valid")
-        metrics = task.metrics_from_sums(_allreduce(sums))
+        metrics = task.metrics_from_sums(_allreduce(sums, device))
         return metrics, metrics.get(tc.metric, -math.inf)
 
     if task.closed_form(cfg):
@@ -129,13 +134,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("before training: valid %s %.4f", tc.metric, state["best"])
 
+    # A task's loss returns None, without running the model, when its batch holds nothing
+    # to learn. Under DDP that worker would then miss the collectives of the others'
+    # forward and backward passes, and they would wait for it for ever. So every training
+    # step starts with one small all-reduce, "is any worker empty?": a worker with
+    # examples makes it as its model is called (this hook), an empty one after its loss
+    # returned, and if any is empty they all skip the step before DDP's own collectives.
+    step = {"pending": False}
+
+    def agree_to_step(*_):
+        if step["pending"]:
+            step["pending"] = False
+            if _allreduce({"empty": 0.0}, device)["empty"]:
+                raise _SkipStep
+
+    model.register_forward_pre_hook(agree_to_step)
+
     def train_epoch(epoch: int, with_valid: bool = False) -> tuple[float, int, float, float]:
         """One pass over this worker's shard -> (mean loss, steps, train s, of it waiting for
         data s); ``with_valid``: the validation events count as training events (refit)."""
         torch.manual_seed(tc.seed * 1000 + epoch * 10 + rank)  # dropout and sampling: repeatable
         np.random.seed(tc.seed * 1000 + epoch * 10 + rank)
         model.train()
-        start, losses, data_s = time.perf_counter(), [], 0.0
+        start, losses, data_s, skipped = time.perf_counter(), [], 0.0, 0
         batches = iter(train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
                                                 local_shuffle_buffer_size=tc.batch_size * 16,
                                                 local_shuffle_seed=tc.seed + epoch))
@@ -148,14 +169,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if with_valid:  # every task reads its training events as the first n_train
                 batch = {**batch, "n_train": batch["n_train"] + batch["n_valid"],
                          "n_valid": np.zeros_like(batch["n_valid"])}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-                loss, _ = task.loss(model, batch, cfg, meta, device)
-            if loss is None:  # nothing to learn in this batch; still step together under DDP
-                loss = sum(p.sum() for p in model.parameters()) * 0.0
+            step["pending"] = True
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+                    loss, _ = task.loss(model, batch, cfg, meta, device)
+            except _SkipStep:
+                loss = None
+            if step["pending"]:  # nothing to learn here: the model never ran; say so (see agree_to_step)
+                step["pending"] = False
+                _allreduce({"empty": 1.0}, device)
+            if loss is None:
+                skipped += 1
+                continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+        if skipped and rank == 0:
+            log.info("%d steps skipped: a worker's batch held nothing to learn", skipped)
         return float(np.mean(losses)) if losses else float("nan"), len(losses), time.perf_counter() - start, data_s
 
     def save_and_report(report: dict[str, Any]) -> None:
@@ -215,6 +246,17 @@ def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: 
     return task
 
 
+def absolute_paths(cfg: Any) -> None:
+    """Make the config's local paths (the keys its class lists in ``PATHS``: embeddings,
+    taxonomy, an encoder folder but not a hub name) absolute, in place: workers do not
+    share the driver's working directory, and the run keeps the config for later jobs.
+    Only listed keys: a value like ``separator="."`` names a folder too."""
+    for key in getattr(cfg, "PATHS", ()):
+        value = getattr(cfg, key)
+        if value and not io.is_s3(value) and os.path.exists(value):
+            setattr(cfg, key, os.path.abspath(value))
+
+
 def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, num_workers: int = 2,
         use_gpu: bool = False, cpus_per_worker: int = 1, max_failures: int = 1):
     """Train ``task_name`` on the connected Ray cluster; returns Ray Train's ``Result``.
@@ -233,6 +275,7 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     # Workers do not share the driver's working directory; on a multi-node cluster the
     # prepared dataset must be on shared storage (s3://, NFS) anyway.
     prepared = prepared if io.is_s3(prepared) else os.path.abspath(prepared)
+    absolute_paths(cfg)
     sequences = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
     if cfg.train.cache:
         sequences = sequences.materialize()  # blocks stay in the object store, not on the driver

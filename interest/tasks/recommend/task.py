@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -49,12 +49,19 @@ class RecommendConfig:
     """Args:
         model: which model and its sizes (``model.kind``).
         train: optimisation; ``train.metric`` is ``recall@20`` on the validation users.
+            ``train.batch_size`` counts users, each giving up to ``samples`` examples; 8
+            keeps a small dataset's epoch at enough steps (MovieLens 100K's 943 users on
+            two workers: 59 steps, where 32 made 15 and stopped early before learning).
         loss: ``full`` softmax over the catalogue, ``sampled`` (in-batch + uniform
             negatives, log-q corrected), or ``auto``: full up to ``full_max_items``.
         full_max_items: largest catalogue ``auto`` trains with the full softmax.
         negatives: uniform negatives per step (``sampled``).
         samples: most training examples (distinct cut points) per user and epoch.
-        window: events after a cut whose new items are its targets.
+        window: events after a cut whose new items are its targets. 1 (the next event,
+            when it is new) measured best on both protocols: on leave-last-out it is
+            what the test asks, and on MovieLens' time split it beat 10 too (Recall@20
+            .1376 vs .1263, both at batches of 8 and patience 8), the nearest event
+            being the least noisy label.
         embeddings: item vector store of ``interest embed-items``; the item tower adds
             each item's text vector, which is what reaches cold items (None: ids only).
         encoder: the encoder whose vectors to read from ``embeddings`` (None: the default).
@@ -64,14 +71,15 @@ class RecommendConfig:
             dropped), to measure cold start: evaluation reports their recall separately.
     """
 
+    PATHS: ClassVar[tuple[str, ...]] = ("embeddings", "encoder")  # local paths (train.loop.absolute_paths)
     model: RecommendModelConfig = field(default_factory=RecommendModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="recall@20", lr=3e-3, epochs=30,
-                                                                            batch_size=32, patience=4, refit=1))
+                                                                            batch_size=8, patience=4, refit=1))
     loss: str = "auto"
     full_max_items: int = 200_000
     negatives: int = 1024
-    samples: int = 32
-    window: int = 10
+    samples: int = 64
+    window: int = 1
     embeddings: str | None = None
     encoder: str | None = None
     exclude: str = "bought"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +15,7 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
-from interest.tasks.base import Meta, Task, TrainConfig, load_meta, unwrap
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, training_steps, unwrap
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
 from interest.tasks.sequence.model import N_BEHAVIORS, PRESETS, SequenceModel, SequenceModelConfig, gap_buckets
 from interest.score.topn import top_n
@@ -40,6 +40,7 @@ class SequenceConfig:
         encoder: the encoder whose vectors to read from ``embeddings`` (None: the default).
     """
 
+    PATHS: ClassVar[tuple[str, ...]] = ("embeddings", "encoder")  # local paths (train.loop.absolute_paths)
     preset: str | None = None
     model: SequenceModelConfig = field(default_factory=SequenceModelConfig)
     # Small batches at a higher rate: on the Amazon files (8-40k users) 256 users a step gave
@@ -91,21 +92,10 @@ def windows(batch: dict[str, np.ndarray], ends: np.ndarray, length: int) -> tupl
 
 def behavior_transitions(prepared: str) -> np.ndarray:
     """(N_BEHAVIORS + 1, N_BEHAVIORS) log P(next behaviour | last behaviour + 1) over
-    consecutive training events (each user's first ``n_train``; row 0: a user's first
-    event), add-one smoothed. Streams the sequences' behaviour lists a batch at a time."""
-    import pyarrow.dataset as pads
-
+    consecutive training events (row 0: a user's first event), add-one smoothed."""
     counts = np.ones((N_BEHAVIORS + 1, N_BEHAVIORS))
-    fs, inner = io.filesystem(io.join(prepared, "sequences"))
-    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=["behaviors", "n_train"]):
-        lists = b.column("behaviors")
-        starts = lists.offsets.to_numpy()[:-1]
-        lengths = np.minimum(np.diff(lists.offsets.to_numpy()), b.column("n_train").to_numpy().astype(np.int64))
-        position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        at = np.repeat(starts, lengths) + position
-        values = lists.values.to_numpy().astype(np.int64)
-        last = np.where(position > 0, values[np.maximum(at - 1, 0)] + 1, 0)
-        np.add.at(counts, (last, values[at]), 1)
+    for before, after in training_steps(prepared, "behaviors"):
+        np.add.at(counts, (before + 1, after), 1)
     return np.log(counts / counts.sum(1, keepdims=True)).astype(np.float32)
 
 

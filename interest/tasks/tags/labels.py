@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -46,15 +46,64 @@ class TagSpace:
                reduce: str = "sum") -> np.ndarray:
         """(n_rows, n_tags): for each event (row, item, weight), the weight added (``sum``)
         or maxed (``max``) into each tag of the item."""
-        items = np.asarray(items, np.int64)
-        counts = self.indptr[items + 1] - self.indptr[items]
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        tags = self.indices[np.repeat(self.indptr[items], counts) + offsets]
+        event, at = _expand(self.indptr, items)
         out = np.zeros((n_rows, self.n_tags), np.float32)
-        at = (np.repeat(np.asarray(rows, np.int64), counts), tags)
-        w = np.repeat(np.asarray(weights, np.float32), counts)
-        (np.maximum if reduce == "max" else np.add).at(out, at, w)
+        w = np.asarray(weights, np.float32)[event]
+        (np.maximum if reduce == "max" else np.add).at(out, (np.asarray(rows, np.int64)[event], self.indices[at]), w)
         return out
+
+    def pairs(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Keys ``a * n_tags + b`` for every tag ``a`` of ``before[i]`` and ``b`` of ``after[i]``."""
+        event, at = _expand(self.indptr, before)
+        entry, at_after = _expand(self.indptr, np.asarray(after, np.int64)[event])
+        return self.indices[at][entry] * self.n_tags + self.indices[at_after]
+
+
+@dataclass
+class TagTransitions:
+    """P(tag b among the next event's tags | tag a among the event's tags), counted over
+    consecutive events: a sparse (n_tags, n_tags) matrix as CSR rows, each summing to 1."""
+
+    n_tags: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    @classmethod
+    def count(cls, tags: TagSpace, steps: Iterable[tuple[np.ndarray, np.ndarray]]) -> "TagTransitions":
+        """From (before, after) item arrays; ``before`` -1 (no event) is skipped. Only the
+        pairs that occur are kept, so memory follows them, not n_tags squared."""
+        keys, counts = np.zeros(0, np.int64), np.zeros(0)
+        for before, after in steps:
+            keep = before >= 0
+            new, c = np.unique(tags.pairs(before[keep], after[keep]), return_counts=True)
+            keys, inverse = np.unique(np.concatenate([keys, new]), return_inverse=True)
+            counts = np.bincount(inverse, weights=np.concatenate([counts, c]), minlength=len(keys))
+        a, b = np.divmod(keys, tags.n_tags)  # sorted by a: CSR rows in order
+        totals = np.bincount(a, weights=counts, minlength=tags.n_tags)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(a, minlength=tags.n_tags))])
+        return cls(tags.n_tags, indptr, b, (counts / np.maximum(totals[a], 1)).astype(np.float32))
+
+    def after(self, tags: TagSpace, items: np.ndarray) -> np.ndarray:
+        """(len(items), n_tags): the next event's tag distribution after an event on each
+        item, averaged over the item's tags; zeros for -1 (no event) and untagged items."""
+        items = np.asarray(items, np.int64)
+        out = np.zeros((len(items), self.n_tags), np.float32)
+        rows = np.flatnonzero(items >= 0)
+        event, at = _expand(tags.indptr, items[rows])
+        degree = np.bincount(event, minlength=len(rows)).astype(np.float32)
+        entry, at_next = _expand(self.indptr, tags.indices[at])
+        np.add.at(out, (rows[event[entry]], self.indices[at_next]), self.data[at_next] / degree[event[entry]])
+        return out
+
+
+def _expand(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of CSR ``rows``: (which of ``rows`` each belongs to, its position in
+    the CSR arrays)."""
+    rows = np.asarray(rows, np.int64)
+    counts = indptr[rows + 1] - indptr[rows]
+    owner = np.repeat(np.arange(len(rows)), counts)
+    return owner, np.arange(counts.sum()) + np.repeat(indptr[rows] - (np.cumsum(counts) - counts), counts)
 
 
 def derive_tags(category: str | None, source: str, separator: str) -> list[str]:

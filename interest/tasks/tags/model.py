@@ -42,9 +42,10 @@ class _Head(nn.Module):
     """logit + w . log(tag counts + s * popularity) + per-tag bias.
 
     The counts are the user's behaviour-weighted tag counts of several kinds (the whole
-    history, the latest events, visits), so the model weighs lasting against recent
-    interests; ``s`` (learned, per kind) is a pseudo-count spread over the tags by their
-    training popularity. With ``w = (1, 0, 0)`` and a small ``s``, as initialised, the
+    history, the latest events, visits) and the tags that usually follow the latest
+    event's, so the model weighs lasting against recent interests and where they go
+    next; ``s`` (learned, per kind) is a pseudo-count spread over the tags by their
+    training popularity. With ``w = (1, 0, ...)`` and a small ``s``, as initialised, the
     head ranks exactly as "the user's own tags, then the popular ones" does, and in log
     space with a gap of several nats between a shown and an unshown tag: the network's
     early updates cannot drown that answer, as they did when the counts entered as

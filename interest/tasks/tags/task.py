@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,7 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.evaluate.metrics import multilabel_sums
-from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, training_steps, uniform_hash
 from interest.tasks.sequence.task import windows
 from interest.tasks.tags import labels as L
 from interest.tasks.tags.model import CachedTagModel, FinetuneTagModel, TagModelConfig
@@ -40,7 +40,7 @@ MODES = ("cached", "finetune")
 K = 5
 RECENT = 5  # events that make up "recent" interests, beside the whole history
 VISIT_GAP = 1800.0  # seconds of pause that start a new visit
-PRIORS = 3
+PRIORS = 4
 
 
 @dataclass
@@ -65,6 +65,8 @@ class TagsConfig:
             calibration on the held-out users either way.
     """
 
+    # Local paths, made absolute for the workers (train.loop.absolute_paths).
+    PATHS: ClassVar[tuple[str, ...]] = ("taxonomy", "labels", "encoder", "embeddings")
     mode: str = "cached"
     model: TagModelConfig = field(default_factory=TagModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(metric="map", lr=3e-3, epochs=20))
@@ -141,6 +143,7 @@ class TagsTask(Task):
             raise ConfigError(f"{tags.n_tags} tag(s) in {prepared}'s items: nothing to classify "
                               "(no categories? give taxonomy=PATH)")
         meta.extra.update(tags=tags, popularity=torch.as_tensor(tag_popularity(prepared, tags, cfg.behavior_weights)),
+                          transitions=L.TagTransitions.count(tags, training_steps(prepared, "items")),
                           labels=L.read_user_labels(cfg.labels, tags) if cfg.labels else None,
                           item_ids=items.column(S.ITEM_ID).to_pylist())
         return meta
@@ -229,7 +232,9 @@ class TagsTask(Task):
         """Left-padded (B, T) items + 1 and behaviours + 1 of events [end - T, end), and
         (B, PRIORS, n_tags) tag counts of those events: behaviour-weighted over all of
         them, over the latest RECENT, and visits (events after a VISIT_GAP pause), since
-        a category met on many separate visits is an interest and one long visit may not be."""
+        a category met on many separate visits is an interest and one long visit may not
+        be; and the tags that follow the latest event's in the training sequences (where
+        interests go next, which counts of the past cannot say)."""
         items, behaviors, gaps = windows(sub, ends, min(cfg.model.max_len, max(int(ends.max()), 1)))
         weights = np.asarray(cfg.behavior_weights, np.float32)
         tags: L.TagSpace = meta.extra["tags"]
@@ -241,6 +246,7 @@ class TagsTask(Task):
             rr, cc = r[keep], c[keep]
             channels.append(tags.matrix(rr, items[rr, cc] - 1, np.ones(len(rr), np.float32) if weight is None
                                         else weight[keep], len(ends)))
+        channels.append(meta.extra["transitions"].after(tags, items[:, -1] - 1))
         return items, behaviors, np.stack(channels, 1)
 
     def forward(self, model, ex: Examples, cfg: TagsConfig, meta: Meta, device):
