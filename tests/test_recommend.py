@@ -20,10 +20,13 @@ N_GROUPS, PER_GROUP, EVENTS = 8, 12, 10  # fewer events than items: some of the 
 NAMES = ["garden", "kitchen", "toys", "books", "sports", "beauty", "music", "tools"]
 
 
-def test_top_k_sums_match_brute_force():
+@pytest.mark.parametrize("sparse", [False, True])
+def test_top_k_sums_match_brute_force(sparse):
     rng = np.random.default_rng(0)
     scores = torch.as_tensor(rng.standard_normal((30, 50)), dtype=torch.float32)
     scores[:, 7] = scores[:, 8] = 0.5  # ties: the lower index ranks first
+    if sparse:  # item-item scores: most items tie at 0, targets among them rank by index
+        scores = torch.where(scores > -0.5, scores.round() + 1, torch.zeros(()))
     targets = [rng.choice(50, size=rng.integers(0, 6), replace=False) for _ in range(30)]
     seen = [np.setdiff1d(rng.choice(50, size=5, replace=False), t) for t in targets]
     got = top_k_sums(scores, targets, seen, (5, 20), chunk=7)

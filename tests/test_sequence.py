@@ -42,6 +42,26 @@ def test_model_is_causal_and_finite_with_padding(kind):
     assert model.item_scores(h[:, -1]).shape == (2, 30)
 
 
+def test_positions_and_gaps_start_at_the_items_scale():
+    # At nn.Embedding's N(0, 1) they were 8x the items and drowned them (see the model).
+    model = SequenceModel(5000, SequenceModelConfig(dim=64))
+    item_std = model.item.weight[1:].std().item()
+    for emb in (model.pos, model.gap):
+        assert emb.weight[1:].std().item() == pytest.approx(item_std, rel=0.2)
+    assert model.behavior.weight[1:].std().item() > 4 * item_std  # kept: the next behaviour reads them
+    assert not model.item.weight[0].any() and not model.behavior.weight[0].any() and not model.gap.weight[0].any()
+
+
+@pytest.mark.parametrize("types", [1, 3])
+def test_a_single_behaviour_type_starts_its_embedding_at_zero(types):
+    from interest.tasks.base import Meta
+    from interest.tasks.sequence.task import SequenceTask
+
+    meta = Meta(50, 10, np.ones(50), {"transitions": np.zeros((6, 5), np.float32), "behavior_types": types})
+    model = SequenceTask().build_model(SequenceConfig(preset="tiny"), meta)
+    assert model.behavior.weight.any() == (types > 1)
+
+
 def test_text_vectors_tie_items_with_the_same_text():
     """With item text vectors, two items with no id training but the same text share an
     embedding, and their text moves the states and scores of the items that follow."""
@@ -116,7 +136,8 @@ def test_behavior_transitions_count_consecutive_training_events(tmp_path):
     for last, nxt in [(0, 0), (1, 3), (4, 4), (0, 0), (1, 0), (0, 3)]:  # (last + 1, next); 0: no event before
         counts[last, nxt] += 1
     expected = np.log(counts / counts.sum(1, keepdims=True))
-    assert np.allclose(behavior_transitions(str(tmp_path)), expected)
+    transitions, types = behavior_transitions(str(tmp_path))
+    assert np.allclose(transitions, expected) and types == 3
 
 def test_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match="loss must be one of"):

@@ -90,9 +90,16 @@ class SequenceModel(nn.Module):
         self.register_buffer("transitions", torch.zeros(N_BEHAVIORS + 1, N_BEHAVIORS))
         self.behavior_head = nn.Linear(d, N_BEHAVIORS)
         nn.init.zeros_(self.behavior_head.weight)
-        nn.init.normal_(self.item.weight, std=d ** -0.5)
+        # Positions and gaps at the items' scale: nn.Embedding's N(0, 1) made them ~8x the
+        # items at d=64 and drowned what the model is to learn. Behaviours keep N(0, 1)
+        # where they vary: at the items' scale the next behaviour lost what it reads from
+        # them (Taobao macro AUC .53-.60 over three seeds, .67 at N(0, 1)); where there is
+        # one type, SequenceTask.build_model starts it at zero.
+        for emb in (self.item, self.gap, *([self.pos] if cfg.kind == "sasrec" else [])):
+            nn.init.normal_(emb.weight, std=d ** -0.5)
         with torch.no_grad():
-            self.item.weight[0].zero_()
+            for emb in (self.item, self.gap):  # padding rows, re-drawn above
+                emb.weight[0].zero_()
 
     def item_table(self) -> torch.Tensor:
         """(n_items + 1, D) item embeddings, row 0 padding."""
