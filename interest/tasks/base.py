@@ -94,6 +94,15 @@ def uniform_hash(idx: np.ndarray) -> np.ndarray:
     return h.astype(np.float64) / 2 ** 32
 
 
+def ragged(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of runs ``counts[r]`` long from ``starts[r]`` (list offsets, CSR rows),
+    flattened: (the run each belongs to, its index)."""
+    counts = np.asarray(counts, np.int64)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    first = np.asarray(starts, np.int64) - (np.cumsum(counts) - counts)  # index - flat position, per run
+    return owner, np.arange(counts.sum()) + np.repeat(first, counts)
+
+
 def training_steps(prepared: str, column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``column``'s values (items, behaviors) of consecutive training events (each user's
     first ``n_train``), as (before, after) arrays a batch of sequences at a time; ``before``
@@ -103,12 +112,10 @@ def training_steps(prepared: str, column: str) -> Iterator[tuple[np.ndarray, np.
     fs, inner = io.filesystem(io.join(prepared, "sequences"))
     for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=[column, "n_train"]):
         lists = b.column(column)
-        offsets = lists.offsets.to_numpy()
-        lengths = np.minimum(np.diff(offsets), b.column("n_train").to_numpy().astype(np.int64))
-        position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        at = np.repeat(offsets[:-1], lengths) + position
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        user, at = ragged(offsets[:-1], np.minimum(np.diff(offsets), b.column("n_train").to_numpy()))
         values = lists.values.to_numpy().astype(np.int64)
-        yield np.where(position > 0, values[np.maximum(at - 1, 0)], -1), values[at]
+        yield np.where(at > offsets[user], values[np.maximum(at - 1, 0)], -1), values[at]
 
 
 def load_meta(prepared: str) -> Meta:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
+from interest.tasks.base import ragged
 
 log = logging.getLogger(__name__)
 TAG_SOURCES = ("levels", "tokens", "whole")
@@ -101,9 +102,7 @@ def _expand(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """The entries of CSR ``rows``: (which of ``rows`` each belongs to, its position in
     the CSR arrays)."""
     rows = np.asarray(rows, np.int64)
-    counts = indptr[rows + 1] - indptr[rows]
-    owner = np.repeat(np.arange(len(rows)), counts)
-    return owner, np.arange(counts.sum()) + np.repeat(indptr[rows] - (np.cumsum(counts) - counts), counts)
+    return ragged(indptr[rows], indptr[rows + 1] - indptr[rows])
 
 
 def derive_tags(category: str | None, source: str, separator: str) -> list[str]:
