@@ -139,6 +139,7 @@ def test_behavior_transitions_count_consecutive_training_events(tmp_path):
     transitions, types = behavior_transitions(str(tmp_path))
     assert np.allclose(transitions, expected) and types == 3
 
+
 def test_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match="loss must be one of"):
         SequenceConfig(loss="nope")
@@ -146,6 +147,10 @@ def test_config_errors_name_the_problem():
         SequenceConfig(preset="huge")
     with pytest.raises(ConfigError, match="train.precision must be fp32 or bf16"):
         TrainConfig(precision="fp16")
+    with pytest.raises(ConfigError, match=r"train.plateau_decay must be in \(0, 1\], got 0"):
+        TrainConfig(plateau_decay=0)
+    with pytest.raises(ConfigError, match="train.valid_users must be >= 0"):
+        TrainConfig(valid_users=-1)
     cfg = SequenceConfig(preset="tiny")
     assert cfg.model.dim == 16 and cfg.model.max_len == 20
 
@@ -216,6 +221,26 @@ def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, preci
     for r in rows:
         by_user[r["user_id"]] = by_user.get(r["user_id"], 0.0) + r["probability"]
     assert all(0 < p <= 1 + 1e-5 for p in by_user.values())  # shares of one softmax over the catalogue
+
+
+@pytest.mark.ray
+def test_validation_on_a_user_sample_and_the_rate_decays_at_plateaus(loops_prepared, tmp_path):
+    from interest.tasks.base import uniform_hash
+    from interest.train import checkpoint as ckpt
+    from interest.train.loop import fit
+
+    # Every event is a view: the next-behaviour accuracy is 1 from the first epoch on, so
+    # the two epochs after it do not improve it and each halves the rate.
+    cfg = {"preset": "tiny", "train": {"epochs": 3, "lr": 0.01, "metric": "behavior_acc", "plateau_decay": 0.5,
+                                       "valid_users": 100}}
+    result = fit("sequence", str(loops_prepared), str(tmp_path / "run"), cfg, num_workers=1)
+    assert result.error is None
+    # The same users every epoch: those first in hash order, about 100 of the 320.
+    assert result.metrics["valid/users"] == (uniform_hash(np.arange(320)) < 100 / 320).sum()
+    assert 60 < result.metrics["valid/users"] < 140
+    state = torch.load(os.path.join(result.checkpoint.path, ckpt.OPTIMIZER), weights_only=True)
+    assert ckpt.load_state(result.checkpoint.path)["best_epoch"] == 0
+    assert [g["lr"] for g in state["param_groups"]] == pytest.approx([0.0025])
 
 
 def test_bad_requests_fail_before_workers_start(loops_prepared, tmp_path):

@@ -29,9 +29,16 @@ class TrainConfig:
         batch_size: examples per step on each worker.
         lr, weight_decay: AdamW.
         patience: epochs without improvement of ``metric`` on validation before stopping.
+        plateau_decay: the learning rate is multiplied by this after each epoch without
+            improvement (1: constant): at a plateau, smaller steps can still find a
+            better point where a constant rate circles around it.
         metric: validation metric that picks the best checkpoint.
         seed: model initialisation and data order; a run with the same seed repeats.
         eval_batch_size: users scored at once during validation.
+        valid_users: validate each epoch on a fixed sample of about this many users (those
+            first in :func:`uniform_hash` order, the order tasks that hold users out also
+            use); 0: every user. Full-ranking validation over a large catalogue can cost a
+            third of an epoch, and early stopping needs a trend, not every user.
         cache: keep the training data in Ray's object store after the first epoch
             (spilled to disk when it does not fit) instead of re-reading Parquet every epoch.
         refit: epochs trained after early stopping, from the best weights, on the training
@@ -52,9 +59,11 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 3
+    plateau_decay: float = 1.0
     metric: str = "ndcg@10"
     seed: int = 0
     eval_batch_size: int = 1024
+    valid_users: int = 0
     cache: bool = True
     refit: int = 0
     precision: str = "fp32"
@@ -62,10 +71,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be >= 1")
+        if self.valid_users < 0:
+            raise ConfigError(f"train.valid_users must be >= 0 (0: every user), got {self.valid_users}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.patience < 1:
             raise ConfigError("train.patience must be >= 1")
+        if not 0 < self.plateau_decay <= 1:
+            raise ConfigError(f"train.plateau_decay must be in (0, 1], got {self.plateau_decay}")
         if self.refit < 0:
             raise ConfigError(f"train.refit must be >= 0, got {self.refit}")
         if self.precision not in ("fp32", "bf16"):

@@ -25,8 +25,9 @@ import torch
 
 from interest import config as C
 from interest import io
+from interest import schemas as S
 from interest.tasks import get_task
-from interest.tasks.base import unwrap
+from interest.tasks.base import uniform_hash, unwrap
 from interest.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("valid")
     vocab = io.join(config["prepared"], "vocab", "items.parquet")
 
+    share = tc.valid_users / meta.n_users if tc.valid_users else 1.0
+
+    def valid_batches():
+        for batch in valid_shard.iter_batches(batch_size=tc.eval_batch_size, batch_format="numpy"):
+            if share < 1.0:
+                keep = uniform_hash(batch[S.USER_IDX]) < share
+                if not keep.any():
+                    continue
+                batch = {k: v[keep] for k, v in batch.items()}
+            yield batch
+
     def validate(model) -> tuple[dict[str, float], float]:
         model.eval()
-        sums = task.validate(model, valid_shard.iter_batches(batch_size=tc.eval_batch_size, batch_format="numpy"),
-                             cfg, meta, device, "valid")
+        sums = task.validate(model, valid_batches(), cfg, meta, device, "valid")
         metrics = task.metrics_from_sums(_allreduce(sums, device))
         return metrics, metrics.get(tc.metric, -math.inf)
 
@@ -209,6 +220,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best = ckpt.weights(model)
         else:
             state["bad_epochs"] += 1
+            for group in optimizer.param_groups:  # restored with the optimizer on resume
+                group["lr"] *= tc.plateau_decay
         state["epoch"] = epoch + 1
         report = {**_valid(metrics), "epoch": epoch, "train_s": train_s,
                   "data_s": data_s, "valid_s": time.perf_counter() - valid_start, "loss": loss, "steps": steps,
