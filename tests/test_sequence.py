@@ -243,6 +243,18 @@ def test_validation_on_a_user_sample_and_the_rate_decays_at_plateaus(loops_prepa
     assert [g["lr"] for g in state["param_groups"]] == pytest.approx([0.0025])
 
 
+@pytest.mark.ray
+def test_a_ddp_run_repeats_with_its_seed(loops_prepared, tmp_path):
+    from interest.train import checkpoint as ckpt
+    from interest.train.loop import fit
+
+    cfg = {"preset": "tiny", "train": {"epochs": 2, "batch_size": 16, "refit": 0}}
+    runs = [fit("sequence", str(loops_prepared), str(tmp_path / f"run{i}"), cfg, num_workers=2) for i in range(2)]
+    a, b = (ckpt.read_weights(r.checkpoint.path) for r in runs)
+    # The same shards in the same order on each worker: the same weights, not close ones.
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_requests_fail_before_workers_start(loops_prepared, tmp_path):
     from interest.io import InputError
     from interest.train.loop import check

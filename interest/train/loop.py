@@ -292,6 +292,10 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     prepared = prepared if io.is_s3(prepared) else os.path.abspath(prepared)
     absolute_paths(cfg)
     sequences = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
+    # Blocks in file order, not in the order the read tasks happen to finish: Ray Train's
+    # split deals them to the workers in that order, so a run repeats with its seed (two
+    # bert4rec runs of the same settings trained on different shards and tested 6% apart).
+    sequences.context.execution_options.preserve_order = True
     if cfg.train.cache:
         sequences = sequences.materialize()  # blocks stay in the object store, not on the driver
     out = str(out).rstrip("/")
