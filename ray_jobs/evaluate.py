@@ -26,7 +26,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-METHODS = ("model", "popularity", "itemknn", "ease", "model+itemknn", "model+ease")
+METHODS = ("model", "popularity", "network", "itemknn", "ease", "model+itemknn", "model+ease")
 
 
 def print_table(results: dict) -> None:

@@ -140,11 +140,45 @@ def test_behavior_transitions_count_consecutive_training_events(tmp_path):
     assert np.allclose(transitions, expected) and types == 3
 
 
+def test_item_transitions_count_consecutive_events_up_to_a_split(tmp_path):
+    from interest.tasks.sequence.transitions import ItemTransitions
+
+    (tmp_path / "sequences").mkdir()
+    table = pa.table({"items": pa.array([[0, 1, 2, 1], [0, 1], [2, 0, 1]], pa.list_(pa.int32())),
+                      "n_train": pa.array([2, 2, 1], pa.int32()), "n_valid": pa.array([1, 0, 1], pa.int32()),
+                      "n_test": pa.array([1, 0, 1], pa.int32())})
+    pq.write_table(table, tmp_path / "sequences" / "part-0.parquet", row_group_size=2)  # two batches
+
+    def dense(t: ItemTransitions) -> np.ndarray:
+        out = np.zeros((3, 3))
+        owner, cols, probs = t.rows(np.arange(3))
+        out[owner, cols] = probs
+        return out
+
+    # train: 0->1 twice; + valid: 1->2, 2->0; + test: 2->1, 0->1.
+    assert np.allclose(dense(ItemTransitions.count(str(tmp_path), 3, "train")), [[0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    assert np.allclose(dense(ItemTransitions.count(str(tmp_path), 3, "valid")), [[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    every = ItemTransitions.count(str(tmp_path), 3, "test")
+    assert np.allclose(dense(every), [[0, 1, 0], [0, 0, 1], [.5, .5, 0]]) and every.pairs == 4
+
+    # The mixture, against its definition; a user whose last item has no row keeps the
+    # network's distribution (scaled), so its order.
+    scores = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    last = np.array([2, 1, 0])
+    t = ItemTransitions.count(str(tmp_path), 3, "train")
+    want = torch.log(0.8 * torch.softmax(scores, 1) + 0.2 * torch.as_tensor(dense(t)[last], dtype=torch.float32))
+    assert torch.allclose(t.log_mix(scores, last, 0.2), want, atol=1e-6)
+    far = t.log_mix(torch.tensor([[0.0, -200.0, -400.0]]), np.array([1]), 0.5)
+    assert torch.isfinite(far).all() and far[0, 0] > far[0, 1] > far[0, 2]  # no underflow to ties at -inf
+
+
 def test_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match="loss must be one of"):
         SequenceConfig(loss="nope")
     with pytest.raises(ConfigError, match="unknown preset"):
         SequenceConfig(preset="huge")
+    with pytest.raises(ConfigError, match=r"transitions must be in \[0, 1\) or None"):
+        SequenceConfig(transitions=1.0)
     with pytest.raises(ConfigError, match="train.precision must be fp32 or bf16"):
         TrainConfig(precision="fp16")
     with pytest.raises(ConfigError, match=r"train.plateau_decay must be in \(0, 1\], got 0"):
@@ -221,6 +255,36 @@ def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, preci
     for r in rows:
         by_user[r["user_id"]] = by_user.get(r["user_id"], 0.0) + r["probability"]
     assert all(0 < p <= 1 + 1e-5 for p in by_user.values())  # shares of one softmax over the catalogue
+
+
+@pytest.mark.ray
+def test_item_transitions_weight_is_chosen_on_validation_and_used_by_evaluation_and_scoring(loops_prepared, tmp_path):
+    from interest.evaluate.harness import evaluate
+    from interest.evaluate.metrics import Protocol
+    from interest.score.batch import score
+    from interest.tasks.sequence.task import TRANSITION_WEIGHTS
+    from interest.train import checkpoint as ckpt
+    from interest.train.loop import fit
+
+    # One epoch at a rate too small to learn the loops: the network is near uniform, and
+    # the counted transitions (each loop item has one successor) are what predicts.
+    cfg = {**TINY, "train": {**TINY["train"], "epochs": 1, "lr": 1e-6, "refit": 0}}
+    result = fit("sequence", str(loops_prepared), str(tmp_path / "run"), cfg, num_workers=1)
+    assert result.error is None and result.metrics["chosen_valid"] > 0.9
+    chosen = ckpt.load_state(result.checkpoint.path)["config"]["transitions"]  # written into the run
+    assert chosen in TRANSITION_WEIGHTS and chosen > 0
+    results = evaluate(str(tmp_path / "run"), str(loops_prepared), protocol=Protocol(mask_seen=False))
+    assert results["model"]["transitions"] == chosen
+    assert results["model"]["hr@1"] > 0.95 and results["network"]["hr@1"] < 0.5
+
+    score(str(tmp_path / "run"), str(loops_prepared), str(tmp_path / "scores"), top_k=2)
+    rows = pq.read_table(tmp_path / "scores").to_pylist()
+    raw = pq.read_table(loops_prepared.parent / "raw").sort_by("ts").to_pylist()
+    last = {r["user_id"]: r["item_id"] for r in raw}
+    top = {r["user_id"]: r for r in rows if r["rank"] == 1}
+    nxt = {u: "{}-{}".format(last[u].split("-")[0], (int(last[u].split("-")[1]) + 1) % 4) for u in top}
+    assert len(top) == 320 and all(top[u]["item_id"] == nxt[u] for u in top)
+    assert all(chosen < r["probability"] <= 1 for r in top.values())  # the mixture's probability
 
 
 @pytest.mark.ray

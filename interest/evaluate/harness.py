@@ -11,7 +11,7 @@ import glob
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -60,13 +60,16 @@ def load_model(run: str, prepared: str, which: str = ckpt.BEST):
 
 @dataclass
 class Collected:
-    """Per test user: target, history, model ranks and behaviour predictions."""
+    """Per held-out user: target, history, latest item, model ranks and behaviour predictions."""
 
+    split: str = "test"
     targets: list[np.ndarray] = field(default_factory=list)
     target_behaviors: list[np.ndarray] = field(default_factory=list)
     last_behaviors: list[np.ndarray] = field(default_factory=list)
     histories: list[np.ndarray] = field(default_factory=list)
+    lasts: list[np.ndarray] = field(default_factory=list)
     ranks: list[np.ndarray] = field(default_factory=list)
+    network_ranks: list[np.ndarray] = field(default_factory=list)  # without item transitions, where mixed in
     states: list[torch.Tensor] = field(default_factory=list)
     behavior_probs: list[np.ndarray] = field(default_factory=list)
 
@@ -75,18 +78,24 @@ class Collected:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def collect(task, model, cfg, prepared: str, protocol: Protocol, batch_size: int = 1024) -> Collected:
+def collect(task, model, cfg, meta, prepared: str, protocol: Protocol, batch_size: int = 1024) -> Collected:
     import ray.data
 
-    out = Collected()
+    out = Collected(split=protocol.split)
     ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        rows, states, blogits, t_items, t_beh, history = task.predict(model, batch, cfg, torch.device("cpu"),
-                                                                      protocol.split)
+        rows, states, blogits, t_items, t_beh, history, last = task.predict(model, batch, cfg, torch.device("cpu"),
+                                                                            protocol.split)
         if not len(rows):
             continue
         seen = seen_pairs(history) if protocol.mask_seen else (None, None)
-        out.ranks.append(ranks_from_scores(task.item_scores(model, states), torch.as_tensor(t_items), *seen).numpy())
+        targets = torch.as_tensor(t_items)
+        scores = task.item_scores(model, states, cfg, meta, protocol.split, last)
+        out.ranks.append(ranks_from_scores(scores, targets, *seen).numpy())
+        if getattr(cfg, "transitions", None):
+            network = task.item_scores(model, states, replace(cfg, transitions=0.0), meta, protocol.split, last)
+            out.network_ranks.append(ranks_from_scores(network, targets, *seen).numpy())
+        out.lasts.append(last)
         out.states.append(states)
         out.behavior_probs.append(torch.softmax(blogits, 1).numpy())
         out.targets.append(t_items)
@@ -170,7 +179,7 @@ def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: 
     """Baseline ``name`` with its parameter chosen on the validation targets, refit on
     train + valid for the test targets.
 
-    With ``model_scores(states)``, also the blend ``(1 - w) z(model) + w z(baseline)`` of
+    With ``model_scores(states, last, split)``, also the blend ``(1 - w) z(model) + w z(baseline)`` of
     per-user standardised scores, ``w`` chosen on the validation targets (returned under
     ``"blend"``): sequence models and item-item models make different mistakes, and
     mixing them is the field's usual answer when neither wins everywhere.
@@ -182,12 +191,13 @@ def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: 
     def ranks(baseline, c: Collected, weights: tuple[float, ...]) -> dict[float, np.ndarray]:
         """Ranks under the baseline alone (weight 1) and under each blend weight."""
         states = torch.cat(c.states) if model_scores is not None else None
+        lasts = c.cat("lasts").astype(np.int64)
 
         def scores(lo, hi, hist):
             s = baseline.score(history_matrix(hist, n_items))
             if states is None:
                 return {1.0: s}
-            zm, zb = standardize(model_scores(states[lo:hi])), standardize(s)
+            zm, zb = standardize(model_scores(states[lo:hi], lasts[lo:hi], c.split)), standardize(s)
             return {w: s if w == 1 else (1 - w) * zm + w * zb for w in weights}
 
         return _ranks_by(scores, c, protocol)
@@ -259,18 +269,23 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
 def evaluate_next_item(task, model, cfg, meta, prepared: str, protocol: Protocol,
                        baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024) -> dict[str, Any]:
     """Next-item ranking and next-behaviour metrics of a sequence model beside the baselines."""
-    test = collect(task, model, cfg, prepared, protocol, batch_size)
+    test = collect(task, model, cfg, meta, prepared, protocol, batch_size)
     results: dict[str, Any] = {"protocol": protocol.as_dict(), "model": metrics_from_ranks(test.cat("ranks"), KS)}
+    if test.network_ranks:  # the network alone, to show what the item transitions add
+        results["model"]["transitions"] = cfg.transitions
+        results["network"] = metrics_from_ranks(test.cat("network_ranks"), KS)
     _, items = train_events(prepared, (0, 1))  # everything before the test events
     pop = Popularity().fit(items, meta.n_items)
     results["popularity"] = metrics_from_ranks(
         _baseline_ranks(lambda lo, hi, hist: pop.score(hi - lo), test, protocol), KS)
     tuned = [b for b in baselines if b in GRIDS]
     if tuned:
-        valid = collect(task, model, cfg, prepared, Protocol(**{**protocol.as_dict(), "split": "valid"}), batch_size)
+        valid = collect(task, model, cfg, meta, prepared, Protocol(**{**protocol.as_dict(), "split": "valid"}),
+                        batch_size)
         for name in tuned:
             results[name] = tuned_baseline(name, prepared, meta.n_users, meta.n_items, valid, test, protocol,
-                                           model_scores=lambda states: task.item_scores(model, states))
+                                           model_scores=lambda states, last, split: task.item_scores(
+                                               model, states, cfg, meta, split, last))
             if "blend" in results[name]:
                 results[f"model+{name}"] = results[name].pop("blend")
     train_behaviors = read_events(prepared, [S.BEHAVIOR], (0,))[S.BEHAVIOR].astype(np.int64)

@@ -6,8 +6,9 @@ this interface, so adding a task means writing these methods, not another loop.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -116,17 +117,24 @@ def ragged(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return owner, np.arange(counts.sum()) + np.repeat(first, counts)
 
 
-def training_steps(prepared: str, column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``column``'s values (items, behaviors) of consecutive training events (each user's
-    first ``n_train``), as (before, after) arrays a batch of sequences at a time; ``before``
-    is -1 where ``after`` is a user's first event. Streams the prepared sequences."""
+SPLIT_COUNTS = {"train": ("n_train",), "valid": ("n_train", "n_valid"), "test": ("n_train", "n_valid", "n_test")}
+
+
+def training_steps(prepared: str, column: str, through: str = "train") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``column``'s values (items, behaviors) of consecutive events of each user up to the
+    end of split ``through`` (``train``: the first ``n_train`` events; ``valid``, ``test``:
+    also those of the later splits), as (before, after) arrays a batch of sequences at a
+    time; ``before`` is -1 where ``after`` is a user's first event. Streams the prepared
+    sequences."""
     import pyarrow.dataset as pads
 
+    counts = SPLIT_COUNTS[through]
     fs, inner = io.filesystem(io.join(prepared, "sequences"))
-    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=[column, "n_train"]):
+    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=[column, *counts]):
         lists = b.column(column)
         offsets = lists.offsets.to_numpy().astype(np.int64)
-        user, at = ragged(offsets[:-1], np.minimum(np.diff(offsets), b.column("n_train").to_numpy()))
+        n = sum(b.column(c).to_numpy().astype(np.int64) for c in counts)
+        user, at = ragged(offsets[:-1], np.minimum(np.diff(offsets), n))
         values = lists.values.to_numpy().astype(np.int64)
         yield np.where(at > offsets[user], values[np.maximum(at - 1, 0)], -1), values[at]
 
@@ -180,13 +188,24 @@ class Task:
 
     def predict(self, model: nn.Module, batch: dict[str, np.ndarray], cfg: Any, device: torch.device,
                 split: str = "valid") -> tuple:
-        """(rows, user states, behaviour logits, target items, target behaviours, histories)
-        of the users in ``batch`` that have a ``split`` target."""
+        """(rows, user states, behaviour logits, target items, target behaviours, histories,
+        latest items) of the users in ``batch`` that have a ``split`` target."""
         raise NotImplementedError
 
-    def item_scores(self, model: nn.Module, states: torch.Tensor) -> torch.Tensor:
-        """(U, n_items) scores of every item for the users whose states are given."""
+    def item_scores(self, model: nn.Module, states: torch.Tensor, cfg: Any, meta: Meta, split: str,
+                    last: np.ndarray) -> torch.Tensor:
+        """(U, n_items) scores of every item for the users whose states are given, before
+        the ``split`` target (``valid``, ``test``, or ``score``: after every event), whose
+        latest items are ``last`` (U,)."""
         raise NotImplementedError
+
+    def choose_settings(self, cfg: Any, meta: Meta,
+                        valid_metric: Callable[[Any], float]) -> tuple[dict[str, Any], float]:
+        """Settings chosen on the validation users once training has ended (before the
+        refit), ``valid_metric(cfg)`` scoring the best weights under a candidate config:
+        (the chosen top-level config values, their validation metric), or ({}, nan) for
+        none. The loop writes them into the run's config, which evaluation and scoring read."""
+        return {}, math.nan
 
     def validate(self, model: nn.Module, batches: Iterable[dict[str, np.ndarray]], cfg: Any, meta: Meta,
                  device: torch.device, split: str = "valid") -> dict[str, float]:

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -101,9 +102,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 batch = {k: v[keep] for k, v in batch.items()}
             yield batch
 
-    def validate(model) -> tuple[dict[str, float], float]:
+    def validate(model, under=None) -> tuple[dict[str, float], float]:
+        """(metrics, the early-stopping metric) on the validation users, under config
+        ``under`` (default the run's)."""
         model.eval()
-        sums = task.validate(model, valid_batches(), cfg, meta, device, "valid")
+        sums = task.validate(model, valid_batches(), under or cfg, meta, device, "valid")
         metrics = task.metrics_from_sums(_allreduce(sums, device))
         return metrics, metrics.get(tc.metric, -math.inf)
 
@@ -131,7 +134,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored:
         with restored.as_directory() as folder:
             state.update({k: v for k, v in ckpt.load_state(folder).items() if k in ("epoch", "best", "best_epoch",
-                                                                                 "bad_epochs", "refit", "best_valid")})
+                                                                                 "bad_epochs", "refit", "best_valid",
+                                                                                 "chosen")})
             model.load_state_dict(ckpt.read_weights(folder))
             best = ckpt.read_weights(folder, ckpt.BEST)
             ckpt.load_optimizer(folder, optimizer)
@@ -233,8 +237,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                      "before training", train_s, data_s, report["valid_s"])
         save_and_report(report)
 
-    if tc.refit and state["refit"] == 0:  # not resumed half-way through the refit: start from the best
+    if state["refit"] == 0:  # not resumed half-way through the refit: the best weights, to choose settings and refit
         unwrap(model).load_state_dict(best)
+    chosen_now = "chosen" not in state
+    if chosen_now:
+        chosen, value = task.choose_settings(cfg, meta, lambda candidate: validate(model, candidate)[1])
+        state["chosen"] = chosen
+        if chosen and rank == 0:
+            log.info("chosen on validation: %s (valid %s %.4f; %.4f before)",
+                     ", ".join(f"{k}={v}" for k, v in chosen.items()), tc.metric, value, state["best"])
+    cfg = replace(cfg, **state["chosen"])
+    state["config"] = {**state["config"], **state["chosen"]}  # what evaluation and scoring read
+    if chosen_now and state["chosen"] and not tc.refit:  # else the refit's checkpoints carry it
+        save_and_report({**state["best_valid"], "epoch": state["epoch"] - 1, "best": state["best"],
+                         "best_epoch": state["best_epoch"], "chosen_valid": value})
     while state["refit"] < tc.refit:
         done = state["refit"]
         loss, steps, train_s, data_s = train_epoch(state["epoch"] + done, with_valid=True)

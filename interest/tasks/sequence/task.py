@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar, Iterable
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -18,11 +19,14 @@ from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_s
 from interest.tasks.base import Meta, Task, TrainConfig, load_meta, training_steps, unwrap
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
 from interest.tasks.sequence.model import N_BEHAVIORS, PRESETS, SequenceModel, SequenceModelConfig, gap_buckets
-from interest.score.topn import top_n
+from interest.tasks.sequence.transitions import THROUGH, ItemTransitions
+from interest.score.topn import top_n, top_of_rows
 from interest.text.embed import prepared_item_vectors
 
 LOSSES = ("full", "sampled")
 KS = (10, 20)
+# Weights of the item transitions tried on the validation targets (``transitions=None``).
+TRANSITION_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 @dataclass
@@ -38,6 +42,12 @@ class SequenceConfig:
         embeddings: item vector store of ``interest embed-items``: item embeddings then
             add a learned projection of each item's text vector (None: ids only).
         encoder: the encoder whose vectors to read from ``embeddings`` (None: the default).
+        transitions: weight ``w`` of first-order item transitions in the next-item
+            distribution, ``(1 - w) network + w P(next | last item)``
+            (:mod:`~interest.tasks.sequence.transitions`); None: chosen on the validation
+            targets after training among TRANSITION_WEIGHTS (0 included) and written into
+            the run's config; 0: the network alone. Training and early stopping see the
+            network alone either way.
     """
 
     PATHS: ClassVar[tuple[str, ...]] = ("embeddings", "encoder")  # local paths (train.loop.absolute_paths)
@@ -53,6 +63,7 @@ class SequenceConfig:
     mask_seen: bool = True
     embeddings: str | None = None
     encoder: str | None = None
+    transitions: float | None = None
 
     def __post_init__(self):
         if self.preset is not None:
@@ -64,6 +75,8 @@ class SequenceConfig:
                     setattr(self.model, k, v)
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.transitions is not None and not 0 <= self.transitions < 1:
+            raise ConfigError(f"transitions must be in [0, 1) or None (chosen on validation), got {self.transitions}")
         if self.model.kind not in ("sasrec", "gru"):
             raise ConfigError(f"model.kind must be sasrec or gru, got {self.model.kind!r}")
         if self.model.kind == "sasrec" and self.model.dim % self.model.heads:
@@ -101,6 +114,10 @@ def behavior_transitions(prepared: str) -> tuple[np.ndarray, int]:
     return np.log(smoothed / smoothed.sum(1, keepdims=True)).astype(np.float32), int(np.count_nonzero(counts.sum(0)))
 
 
+def _last_items(sub: dict[str, np.ndarray], ends: np.ndarray) -> np.ndarray:
+    return np.array([sub["items"][r][ends[r] - 1] for r in range(len(ends))], np.int64)
+
+
 def _tensors(device, *arrays):
     return [torch.as_tensor(a, device=device) for a in arrays]
 
@@ -112,6 +129,7 @@ class SequenceTask(Task):
 
     def load_meta(self, cfg: SequenceConfig, prepared: str) -> Meta:
         meta = load_meta(prepared)
+        meta.extra["prepared"] = prepared  # item transitions are counted when first needed
         meta.extra["item_ids"] = io.read_parquet(io.join(prepared, "vocab", "items.parquet"),
                                                  columns=[S.ITEM_ID]).column(S.ITEM_ID).combine_chunks()
         if cfg.embeddings:
@@ -177,8 +195,8 @@ class SequenceTask(Task):
         """States after each user's history and the held-out target of ``split``.
 
         Returns (rows, user states (U, D), behaviour logits (U, 5), target items,
-        target behaviours, histories) for the users that have a target; the states'
-        item scores are :meth:`item_scores`.
+        target behaviours, histories, latest items) for the users that have a target; the
+        states' item scores are :meth:`item_scores`.
         """
         n_train = batch["n_train"].astype(np.int64)
         n_valid = batch["n_valid"].astype(np.int64)
@@ -187,21 +205,22 @@ class SequenceTask(Task):
         has &= ends > 0
         rows = np.flatnonzero(has)
         if len(rows) == 0:
-            return rows, None, None, None, None, []
+            return rows, None, None, None, None, [], None
         sub = {k: v[rows] for k, v in batch.items()}
         ends = ends[rows]
         states, behavior_logits = self.user_states(model, sub, ends, cfg, device)
         target_items = np.array([sub["items"][r][ends[r]] for r in range(len(rows))], np.int64)
         target_behaviors = np.array([sub["behaviors"][r][ends[r]] for r in range(len(rows))], np.int64)
         history = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
-        return rows, states, behavior_logits, target_items, target_behaviors, history
+        return rows, states, behavior_logits, target_items, target_behaviors, history, _last_items(sub, ends)
 
     @torch.no_grad()
     def score(self, model, batch: dict[str, np.ndarray], cfg: SequenceConfig, meta: Meta, device, *,
               top_k: int = 10) -> pa.Table:
         """Each user's next actions (:data:`interest.schemas.NEXT_ACTIONS`) after everything
         the user did: the top-k items, excluding those already seen when ``mask_seen``
-        (as in evaluation), and the most likely next behaviour type."""
+        (as in evaluation), and the most likely next behaviour type. With item transitions
+        the (U, n_items) mixture is formed for the batch's users, as in evaluation."""
         ends = sum(batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
         rows = np.flatnonzero(ends > 0)
         if not len(rows):
@@ -209,8 +228,14 @@ class SequenceTask(Task):
         sub, ends = {k: v[rows] for k, v in batch.items()}, ends[rows]
         states, behavior_logits = self.user_states(model, sub, ends, cfg, device)
         seen = [np.unique(np.asarray(sub["items"][r][:ends[r]], np.int64)) for r in range(len(rows))]
-        scores, top, lse = top_n(states, unwrap(model).item_table()[1:], top_k, seen if cfg.mask_seen else None)
-        probs = torch.exp(scores - lse[:, None]).cpu().numpy()
+        exclude = seen if cfg.mask_seen else None
+        if cfg.transitions:
+            scores, top = top_of_rows(self.item_scores(model, states, cfg, meta, "score", _last_items(sub, ends)),
+                                      top_k, exclude)  # log-probabilities
+            probs = torch.exp(scores).cpu().numpy()
+        else:
+            scores, top, lse = top_n(states, unwrap(model).item_table()[1:], top_k, exclude)
+            probs = torch.exp(scores - lse[:, None]).cpu().numpy()
         top = top.cpu().numpy()
         behavior = torch.softmax(behavior_logits, 1).cpu().numpy()
         kept = np.isfinite(scores.cpu().numpy())  # fewer unseen items than top_k
@@ -225,8 +250,29 @@ class SequenceTask(Task):
             "behavior_probability": pa.array(behavior.max(1)[user_rows], pa.float32()),
         }, schema=S.NEXT_ACTIONS)
 
-    def item_scores(self, model, states: torch.Tensor) -> torch.Tensor:
-        return unwrap(model).item_scores(states)
+    def item_transitions(self, meta: Meta, split: str) -> ItemTransitions:
+        """The transitions counted on the events before ``split``'s targets, once per process."""
+        key = f"transitions_{split}"
+        if key not in meta.extra:
+            meta.extra[key] = ItemTransitions.count(meta.extra["prepared"], meta.n_items, THROUGH[split])
+        return meta.extra[key]
+
+    def item_scores(self, model, states: torch.Tensor, cfg: SequenceConfig, meta: Meta, split: str,
+                    last: np.ndarray) -> torch.Tensor:
+        """The network's scores; with item transitions, log-probabilities of the mixture."""
+        scores = unwrap(model).item_scores(states)
+        if not cfg.transitions:
+            return scores
+        return self.item_transitions(meta, split).log_mix(scores, last, cfg.transitions)
+
+    def choose_settings(self, cfg: SequenceConfig, meta: Meta,
+                        valid_metric: Callable[[SequenceConfig], float]) -> tuple[dict, float]:
+        """The weight of the item transitions, when not set, chosen on validation."""
+        if cfg.transitions is not None:
+            return {}, math.nan
+        found = {w: valid_metric(replace(cfg, transitions=w)) for w in TRANSITION_WEIGHTS}
+        weight = max(found, key=found.get)  # the first of equals: the smaller weight
+        return {"transitions": weight}, found[weight]
 
     def evaluate(self, model, cfg: SequenceConfig, meta: Meta, prepared: str, *, protocol=None,
                  baselines=("popularity",), batch_size: int = 1024) -> dict:
@@ -240,11 +286,12 @@ class SequenceTask(Task):
                  split: str = "valid") -> dict[str, float]:
         sums = {f"{m}@{k}": 0.0 for k in KS for m in ("hr", "ndcg")} | {"mrr": 0.0, "behavior_acc": 0.0, "users": 0}
         for batch in batches:
-            rows, states, blogits, t_items, t_beh, history = self.predict(model, batch, cfg, device, split)
+            rows, states, blogits, t_items, t_beh, history, last = self.predict(model, batch, cfg, device, split)
             if not len(rows):
                 continue
             seen = seen_pairs(history, device) if cfg.mask_seen else (None, None)
-            ranks = ranks_from_scores(self.item_scores(model, states), torch.as_tensor(t_items, device=device), *seen)
+            scores = self.item_scores(model, states, cfg, meta, split, last)
+            ranks = ranks_from_scores(scores, torch.as_tensor(t_items, device=device), *seen)
             means = metrics_from_ranks(ranks.cpu().numpy(), KS)
             for key in sums.keys() & means.keys() - {"users"}:
                 sums[key] += means[key] * len(rows)  # sums, so that workers' results can be added
