@@ -42,7 +42,7 @@ class ItemTransitions:
             keys.append(np.unique(before[keep] * n_items + after[keep], return_counts=True))
         pairs = np.concatenate([k for k, _ in keys]) if keys else np.zeros(0, np.int64)
         counts = np.concatenate([c for _, c in keys]) if keys else np.zeros(0, np.int64)
-        pairs, inverse = np.unique(pairs, return_inverse=True)  # batches split users, not pairs
+        pairs, inverse = np.unique(pairs, return_inverse=True)  # a pair recurs across batches: add its counts up
         counts = np.bincount(inverse, weights=counts).astype(np.float64)
         rows, cols = pairs // n_items, pairs % n_items
         totals = np.bincount(rows, weights=counts, minlength=n_items)
