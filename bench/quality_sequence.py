@@ -41,7 +41,7 @@ PUBLISHED = {
 # (train.plateau_decay=0.5) kept validation flat (.0383 vs .0386 best). Dropout 0.5: test
 # NDCG@10 of the network .0312-.0332 over four runs; 0.3 .0272, 0.6 .0317, 0.5 with weight
 # decay 0.1 .0315. Mixing in the item transitions (weight chosen on validation) adds
-# .0034-.0054 to it in each run measured: .0327 -> .0361 at 0.05 (a bench run), and from the
+# .0032-.0054 to it in each run measured: .0327 -> .0361 at 0.05 (a bench run), and from the
 # checkpoints of two earlier runs, .0325 -> .0357-.0364 and .0312 -> .0362-.0366 over
 # the weights tried (0.05-0.7). EASE's dense inverse does not fit, so ItemKNN is the item-item baseline there.
 DATASET_SETTINGS = {"amazon_beauty_bert4rec": (["model.dropout=0.5", "train.valid_users=10000", "train.patience=5"],
