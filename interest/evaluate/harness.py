@@ -78,7 +78,9 @@ class Collected:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def collect(task, model, cfg, meta, prepared: str, protocol: Protocol, batch_size: int = 1024) -> Collected:
+def collect(task, model, cfg, meta, prepared: str, protocol: Protocol, batch_size: int = 1024,
+            network: bool = False) -> Collected:
+    """``network``: also rank by the network alone where item transitions are mixed in."""
     import ray.data
 
     out = Collected(split=protocol.split)
@@ -92,9 +94,9 @@ def collect(task, model, cfg, meta, prepared: str, protocol: Protocol, batch_siz
         targets = torch.as_tensor(t_items)
         scores = task.item_scores(model, states, cfg, meta, protocol.split, last)
         out.ranks.append(ranks_from_scores(scores, targets, *seen).numpy())
-        if getattr(cfg, "transitions", None):
-            network = task.item_scores(model, states, replace(cfg, transitions=0.0), meta, protocol.split, last)
-            out.network_ranks.append(ranks_from_scores(network, targets, *seen).numpy())
+        if network and getattr(cfg, "transitions", None):
+            network_scores = task.item_scores(model, states, replace(cfg, transitions=0.0), meta, protocol.split, last)
+            out.network_ranks.append(ranks_from_scores(network_scores, targets, *seen).numpy())
         out.lasts.append(last)
         out.states.append(states)
         out.behavior_probs.append(torch.softmax(blogits, 1).numpy())
@@ -269,7 +271,7 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
 def evaluate_next_item(task, model, cfg, meta, prepared: str, protocol: Protocol,
                        baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024) -> dict[str, Any]:
     """Next-item ranking and next-behaviour metrics of a sequence model beside the baselines."""
-    test = collect(task, model, cfg, meta, prepared, protocol, batch_size)
+    test = collect(task, model, cfg, meta, prepared, protocol, batch_size, network=True)
     results: dict[str, Any] = {"protocol": protocol.as_dict(), "model": metrics_from_ranks(test.cat("ranks"), KS)}
     if test.network_ranks:  # the network alone, to show what the item transitions add
         results["model"]["transitions"] = cfg.transitions

@@ -28,8 +28,8 @@ class ItemTransitions:
     """``T`` as a CSR matrix over item indices: row ``i`` holds the items that followed
     item ``i`` and their shares (each row sums to 1; rows of items never followed are empty)."""
 
-    def __init__(self, indptr: np.ndarray, indices: np.ndarray, probs: np.ndarray, n_items: int):
-        self.indptr, self.indices, self.probs, self.n_items = indptr, indices, probs, n_items
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, probs: np.ndarray):
+        self.indptr, self.indices, self.probs = indptr, indices, probs
 
     @classmethod
     def count(cls, prepared: str, n_items: int, through: str) -> ItemTransitions:
@@ -47,7 +47,7 @@ class ItemTransitions:
         rows, cols = pairs // n_items, pairs % n_items
         totals = np.bincount(rows, weights=counts, minlength=n_items)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_items))])
-        return cls(indptr, cols, (counts / totals[rows]).astype(np.float32), n_items)
+        return cls(indptr, cols, (counts / totals[rows]).astype(np.float32))
 
     @property
     def pairs(self) -> int:
