@@ -33,6 +33,7 @@ RECORD = "record"
 # prepared sequences, so never reorder (append only).
 BEHAVIORS: tuple[str, ...] = ("view", "click", "fav", "cart", "buy")
 BEHAVIOR_CODE: dict[str, int] = {b: i for i, b in enumerate(BEHAVIORS)}
+N_BEHAVIORS = len(BEHAVIORS)
 
 # Source vocabularies mapped onto ours (Taobao `pv`, REES46 `purchase`, ...).
 BEHAVIOR_ALIASES: dict[str, str] = {
@@ -121,8 +122,8 @@ SEQUENCES = pa.schema(
 USER_VOCAB = pa.schema(
     [pa.field(USER_IDX, pa.int64(), nullable=False), pa.field(USER_ID, pa.string(), nullable=False)]
 )
-# Items are indexed by training popularity (index 0 = most events), then catalogue
-# items nobody touched, so a model can treat a prefix of the index as "warm".
+# Items are indexed in the order of their ids, or after an earlier dataset's items
+# (prepare's ``extends``): an index never encodes popularity or the split.
 ITEM_VOCAB = pa.schema(
     [
         pa.field(ITEM_IDX, pa.int32(), nullable=False),

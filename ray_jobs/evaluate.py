@@ -16,12 +16,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--task", default="sequence", help="task of the run (checked against the run)")
     parser.add_argument("--run", required=True, help="run folder written by `interest train`")
     parser.add_argument("--data", required=True, help="the prepared dataset the run was trained on")
-    parser.add_argument("--split", default="test", choices=["valid", "test"])
     parser.add_argument("--no-mask-seen", action="store_true", help="let items of the history be recommended")
     parser.add_argument("--baselines", default="popularity",
                         help="comma-separated, of popularity,itemknn,ease; popularity always runs, "
                              "itemknn and ease pick their parameter on the validation targets")
-    parser.add_argument("--out", default=None, help="metrics JSON (default RUN/metrics_SPLIT.json)")
+    parser.add_argument("--out", default=None, help="metrics JSON (default RUN/metrics_test.json)")
     add_ray_args(parser)
     return parser
 
@@ -36,7 +35,8 @@ def print_table(results: dict) -> None:
         return print_recommend_table(results)
     p = results["protocol"]
     print(f"\n{p['split']} metrics, {p['ranking']} ranking over every item, seen items "
-          f"{'masked' if p['mask_seen'] else 'not masked'}, target = {p['target']} held-out event")
+          f"{'masked' if p['mask_seen'] else 'not masked'}, target = {p['target']} held-out event; ties count "
+          f"{p['ties']}")
     _print_rows(results, METHODS, {"hr@10": "HR@10", "ndcg@10": "NDCG@10", "hr@20": "HR@20",
                                    "ndcg@20": "NDCG@20", "mrr": "MRR"})
     if results.get("behavior"):
@@ -50,7 +50,7 @@ def print_tags_table(results: dict) -> None:
     p, k = results["protocol"], results["protocol"]["k"]
     u = results["users"]
     print(f"\n{p['split']} metrics: {p['target']}, every tag ranked; {u['with_labels']:,} users with labels, "
-          f"{u['without_labels']:,} without (not scored)")
+          f"{u['without_labels']:,} without (not scored); ties count {p['ties']}")
     print(f"{'method':<12} {'P@' + str(k):>7} {'R@' + str(k):>7} {'mAP':>7}")
     for name in ("model", "popularity", "history"):
         m = results[name]
@@ -62,7 +62,7 @@ def print_tags_table(results: dict) -> None:
 
 def print_recommend_table(results: dict) -> None:
     print("\ntest metrics: every item ranked, seen items masked, targets = each user's new items of the "
-          "test split")
+          f"test split; ties count {results['protocol']['ties']}")
     columns = {"recall@10": "Recall@10", "ndcg@10": "NDCG@10", "recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
     _print_rows(results, ("model", "popularity", "itemknn", "ease"), columns, chosen=True)
     cold = results.get("cold_start")
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from interest.evaluate.harness import GRIDS, evaluate, latest_checkpoint
+    from interest.evaluate.baselines import GRIDS
+    from interest.evaluate.harness import evaluate
+    from interest.train.checkpoint import latest_checkpoint
 
     baselines = tuple(b for b in args.baselines.split(",") if b)
     unknown = set(baselines) - {"popularity", *GRIDS}
@@ -101,9 +103,8 @@ def _main(args: argparse.Namespace) -> int:
                           f"{', '.join(GRIDS)}")
     latest_checkpoint(args.run)  # fail before Ray starts
     init_ray(args)
-    results = evaluate(args.run, args.data, protocol=Protocol(split=args.split, mask_seen=not args.no_mask_seen),
-                       baselines=baselines)
-    out = args.out or io.join(args.run, f"metrics_{args.split}.json")
+    results = evaluate(args.run, args.data, protocol=Protocol(mask_seen=not args.no_mask_seen), baselines=baselines)
+    out = args.out or io.join(args.run, "metrics_test.json")
     io.write_json(results, out)
     print_table(results)
     print(f"\nmetrics written to {out}")

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from interest.evaluate.harness import latest_checkpoint
+    from interest.train.checkpoint import latest_checkpoint
     from interest.io import check_writable
     from interest.score.batch import score
 

@@ -1,17 +1,21 @@
 """Ranking metrics against a brute-force reference; EASE against a dense reference."""
 
 import numpy as np
+import pytest
 import torch
 
-from interest.evaluate.baselines import EASE, ItemKNN, Popularity, interaction_matrix, select_rows
-from interest.evaluate.metrics import full_ranking, metrics_from_ranks, ranks_from_scores, sampled_ranking
+from interest.common.events import interaction_matrix
+from interest.evaluate.baselines import EASE, GRIDS, ItemKNN, Popularity, grid_search, select_rows
+from interest.evaluate.metrics import (full_ranking, metrics_from_ranks, multilabel_sums, ranks_from_scores,
+                                      sampled_ranking, top_k_sums)
 
 
 def brute_force_rank(scores, target, seen):
-    s = scores.copy()
-    s[list(seen)] = -np.inf
-    order = sorted(range(len(s)), key=lambda i: (-s[i], i))  # ties: lower index first
-    return order.index(target)
+    """Other unmasked items scored at least as high as the target (ties count against it)."""
+    others = [i for i in range(len(scores)) if i != target and i not in set(seen)]
+    if target in set(seen):
+        return len(others)
+    return sum(scores[i] >= scores[target] for i in others)
 
 
 def test_full_ranking_matches_brute_force_in_chunks():
@@ -40,9 +44,41 @@ def test_ranks_with_distinct_scores_masks_and_masked_targets_match_brute_force()
     assert ranks.tolist() == [brute_force_rank(scores[u], targets[u], seen[u]) for u in range(n_users)]
     assert ranks[5] >= n_items - len(seen[5])
 
-def test_constant_scores_get_no_credit_for_ties():
+def test_constant_scores_get_the_worst_rank_among_ties_whatever_the_index():
+    # Issue 19: ties were settled by item index, and the index followed popularity over
+    # every split, test included; a target at index 0 got rank 0.
     ranks = ranks_from_scores(torch.zeros(3, 10), torch.tensor([0, 5, 9]))
-    assert ranks.tolist() == [0, 5, 9]
+    assert ranks.tolist() == [9, 9, 9]
+    # Tied with two of ten, masked items aside: after both, whatever the indices.
+    scores = torch.tensor([[1.0, 5.0, 5.0, 0.0, 5.0, 2.0]])
+    for target in (1, 2, 4):
+        assert ranks_from_scores(scores, torch.tensor([target])).item() == 2
+    rows, cols = torch.tensor([0]), torch.tensor([4])
+    assert ranks_from_scores(scores, torch.tensor([1]), rows, cols).item() == 1  # a masked item is no tie
+
+
+def test_nan_scores_count_against_the_target():
+    scores = torch.tensor([[1.0, float("nan"), 0.5], [float("nan"), 2.0, 3.0]])
+    assert ranks_from_scores(scores, torch.tensor([0, 0])).tolist() == [1, 2]
+
+
+def test_top_k_metrics_count_ties_against_the_targets():
+    # Constant scores: no target is ever in the top 10 of 20 items however they are indexed.
+    sums = top_k_sums(torch.zeros(2, 20), [np.array([0, 1]), np.array([19])], [np.array([5]), np.array([])], ks=(10,))
+    assert sums["recall@10"] == 0 and sums["ndcg@10"] == 0 and sums["users"] == 2
+    # A distinct top score is a hit; a seen item above it is masked.
+    scores = torch.zeros(1, 20)
+    scores[0, 3], scores[0, 4] = 2.0, 3.0
+    sums = top_k_sums(scores, [np.array([3])], [np.array([4])], ks=(1,))
+    assert sums["recall@1"] == 1.0
+
+
+def test_multilabel_ties_count_against_the_relevant_tags():
+    relevant = np.array([[True, False, False, False]])
+    sums = multilabel_sums(np.zeros((1, 4)), relevant, k=1)  # the relevant tag at index 0
+    assert sums["p@1"] == 0.0 and sums["map"] == pytest.approx(0.25)
+    sums = multilabel_sums(np.array([[1.0, 0, 0, 0]]), relevant, k=1)
+    assert sums["p@1"] == 1.0 and sums["map"] == 1.0
 
 
 def test_masked_target_ranks_last_among_unmasked():
@@ -119,3 +155,29 @@ def test_macro_auc_against_pairwise_definition_and_single_class():
 
     assert np.isclose(macro_auc(y, scores), np.mean([pairwise(k) for k in range(3)]))
     assert macro_auc(np.zeros(4, int), np.random.rand(4, 5)) is None
+
+
+@pytest.mark.parametrize("peak, grid_end", [(4000.0, "up"), (3.0, "down")])
+def test_grid_search_goes_past_the_end_of_its_grid_while_the_metric_rises(peak, grid_end):
+    # Issue 19: EASE's validation metric still rose at the largest lambda of the grid, and
+    # that lambda was used. A unimodal metric peaking beyond either end is found.
+    measured = []
+
+    def measure(lam):
+        measured.append(lam)
+        return -abs(np.log(lam) - np.log(peak)), f"fitted {lam}"
+
+    value, payload, searched = grid_search("ease", measure, "ndcg@10")
+    grid = GRIDS["ease"][1]
+    assert value == pytest.approx(peak, rel=0.5) and payload == f"fitted {value}"
+    beyond = [v for v in searched if v > max(grid)] if grid_end == "up" else [v for v in searched if v < min(grid)]
+    assert beyond and searched == measured
+    # ... and stops one step after the peak.
+    assert (max(searched) if grid_end == "up" else min(searched)) != value
+
+
+def test_grid_search_inside_the_grid_stops_once_the_metric_falls():
+    value, _, searched = grid_search("itemknn", lambda k: (-abs(k - 50), None), "recall@20")
+    assert value == 50 and searched == [20, 50, 100]
+    value, _, searched = grid_search("itemknn", lambda k: (-abs(k - 3), None), "recall@20")
+    assert value == 2 and searched == [20, 50, 10, 5, 2, 1]  # halving from 20; k a whole number >= 1

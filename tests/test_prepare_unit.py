@@ -87,7 +87,7 @@ def test_sequences_are_capped_to_the_most_recent_events():
     assert rows[1]["items"] == [4] and rows[1]["n_test"] == 1
 
 
-def test_items_vocab_orders_by_events_then_appends_cold_catalogue_items():
+def test_items_are_indexed_by_id_and_an_earlier_vocabulary_keeps_its_indices():
     schema = pa.schema([("item_id", pa.string()), ("count", pa.int64()), ("category", pa.string()),
                         ("brand", pa.string()), ("title", pa.string()), ("price", pa.float64())])
     ev = [pa.table({"item_id": ["b", "a"], "count": [2, 5], "category": [None, "x"], "brand": [None] * 2,
@@ -96,12 +96,22 @@ def test_items_vocab_orders_by_events_then_appends_cold_catalogue_items():
                     "price": [None]}, schema=schema)]
     catalogue = pa.table({"item_id": ["z", "a", "c"], "title": ["Z", "A", "C"]})
     vocab, items, quarantined, stats = P.build_items(ev, catalogue, "cat.parquet")
-    assert vocab.column("item_id").to_pylist() == ["b", "a", "c", "z"]
+    # Issue 19: the index followed event counts over every split (here b: 6, a: 5), test
+    # events included. Now it is the ids' order, whatever the counts.
+    assert vocab.column("item_id").to_pylist() == ["a", "b", "c", "z"]
     assert vocab.column("item_idx").to_pylist() == [0, 1, 2, 3]
     assert items.schema == S.PREPARED_ITEMS
-    assert items.column("title").to_pylist() == [None, "A", "C", "Z"]
-    assert items.column("category").to_pylist() == ["y", "x", None, None]
+    assert items.column("title").to_pylist() == ["A", None, "C", "Z"]
+    assert items.column("category").to_pylist() == ["x", "y", None, None]
     assert stats["catalogue_only"] == 2 and stats["events_without_catalogue"] == 1
+    # Later data: earlier items keep their indices (d and z absent now keep theirs too),
+    # new items follow by id, and attributes fall back to the earlier dataset's.
+    later = [pa.table({"item_id": ["e", "b", "0"], "count": [1, 1, 1], "category": [None, None, None],
+                       "brand": [None] * 3, "title": [None] * 3, "price": [None] * 3}, schema=schema)]
+    vocab2, items2, _, stats2 = P.build_items(later, None, "", base=items)
+    assert vocab2.column("item_id").to_pylist() == ["a", "b", "c", "z", "0", "e"]
+    assert items2.column("title").to_pylist() == ["A", None, "C", "Z", None, None]
+    assert stats2["kept_from_base"] == 4
 
 
 # Random rows, some malformed in every way the rules know; the pure passes must account
@@ -124,3 +134,16 @@ def test_every_row_is_kept_quarantined_or_a_duplicate(rows):
     assert S.conform(deduped.select(list(S.EVENTS.names)), S.EVENTS).num_rows == deduped.num_rows
     lo, hi = dt.datetime(1990, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
     assert all(lo <= t <= hi for t in deduped.column("ts").to_pylist())
+
+
+def test_a_dataset_prepared_in_an_older_format_fails_with_a_clear_message(tmp_path):
+    import json
+
+    from interest.io import SUCCESS, InputError
+
+    (tmp_path / SUCCESS).write_text('{"complete": true}')
+    (tmp_path / P.REPORT).write_text(json.dumps({"schema_version": 1, "users": 3}))  # format 1 had no version key
+    with pytest.raises(InputError, match="prepared in format 1.*Run `interest prepare` again"):
+        P.load_report(str(tmp_path))
+    (tmp_path / P.REPORT).write_text(json.dumps({"format_version": P.FORMAT_VERSION, "users": 3}))
+    assert P.load_report(str(tmp_path))["users"] == 3

@@ -57,7 +57,7 @@ def test_a_single_behaviour_type_starts_its_embedding_at_zero(types):
     from interest.tasks.base import Meta
     from interest.tasks.sequence.task import SequenceTask
 
-    meta = Meta(50, 10, np.ones(50), {"transitions": np.zeros((6, 5), np.float32), "behavior_types": types})
+    meta = Meta(50, 10, {"transitions": np.zeros((6, 5), np.float32), "behavior_types": types})
     model = SequenceTask().build_model(SequenceConfig(preset="tiny"), meta)
     assert model.behavior.weight.any() == (types > 1)
 
@@ -218,26 +218,45 @@ TINY = {"preset": "tiny", "mask_seen": False, "train": {"epochs": 10, "batch_siz
 
 @pytest.mark.ray
 @pytest.mark.parametrize("kind,precision", [("sasrec", "fp32"), ("gru", "bf16")])
-def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, precision):
+def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, precision, monkeypatch):
+    from interest.evaluate import harness
     from interest.evaluate.harness import evaluate
     from interest.evaluate.metrics import Protocol
+    from interest.train import checkpoint as ckpt
     from interest.train.loop import fit
 
     cfg = {**TINY, "model": {"kind": kind}, "train": {**TINY["train"], "precision": precision}}
     result = fit("sequence", str(loops_prepared), str(tmp_path / "run"), cfg, num_workers=2)
     assert result.error is None
     assert result.metrics["valid/users"] == 320  # both workers' shards are counted
+    # Issue 19: the blend weights were chosen on the validation events with the refit
+    # weights, which trained on them. The weights from before the refit are kept for it,
+    # and evaluation collects the validation users with those, the test users with the rest.
+    prerefit = ckpt.read_weights(result.checkpoint.path, ckpt.PREREFIT)
+    refit = ckpt.read_weights(result.checkpoint.path, ckpt.BEST)
+    assert not all(torch.equal(prerefit[k], refit[k]) for k in refit)
+    used = {}
+    collect = harness.collect
+
+    def spy(task, model, cfg, meta, prepared, protocol, *args, **kwargs):
+        used[protocol.split] = {k: v.clone() for k, v in model.state_dict().items()}
+        return collect(task, model, cfg, meta, prepared, protocol, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "collect", spy)
     results = evaluate(str(tmp_path / "run"), str(loops_prepared), protocol=Protocol(mask_seen=False),
                        baselines=("popularity", "itemknn", "ease"))
+    assert all(torch.equal(used["valid"][k], prerefit[k]) for k in prerefit)
+    assert all(torch.equal(used["test"][k], refit[k]) for k in refit)
     # The next item of a loop is determined by the history.
     assert results["model"]["hr@1"] > 0.8
     assert results["model"]["hr@10"] > results["popularity"]["hr@10"]
     # Item-item baselines see which items go together, not their order: a loop's four
-    # items tie, and the blend with the model (weight chosen on validation) keeps the order.
+    # items tie, and the blend with the model (weight chosen on validation, 0 being the
+    # model alone) keeps the order.
     for name in ("itemknn", "ease"):
         assert results[name]["users"] == 320 and results[name]["hr@1"] < 0.5
         blend = results[f"model+{name}"]
-        assert 0 < blend["weight"] < 1 and blend["hr@1"] > 0.8
+        assert 0 <= blend["weight"] < 1 and blend["hr@1"] > 0.8
 
     # Batch scoring from everything each user did: the next item of the user's loop on top.
     from interest.score.batch import score
@@ -285,6 +304,45 @@ def test_item_transitions_weight_is_chosen_on_validation_and_used_by_evaluation_
     nxt = {u: "{}-{}".format(last[u].split("-")[0], (int(last[u].split("-")[1]) + 1) % 4) for u in top}
     assert len(top) == 320 and all(top[u]["item_id"] == nxt[u] for u in top)
     assert all(chosen < r["probability"] <= 1 for r in top.values())  # the mixture's probability
+
+
+@pytest.mark.ray
+def test_early_stopping_sees_the_network_alone_with_a_fixed_transitions_weight(loops_prepared, tmp_path):
+    """Issue 19: the docs said early stopping sees the network alone, but with a fixed
+    ``transitions=W`` it saw the mixture. Near-uniform network, exact transitions: the
+    mixture would validate at hr@10 ~1."""
+    from interest.train import checkpoint as ckpt
+    from interest.train.loop import fit
+
+    cfg = {**TINY, "transitions": 0.5, "train": {**TINY["train"], "epochs": 1, "lr": 1e-6, "refit": 0}}
+    result = fit("sequence", str(loops_prepared), str(tmp_path / "run"), cfg, num_workers=1)
+    assert result.error is None
+    state = ckpt.load_state(result.checkpoint.path)
+    assert state["config"]["transitions"] == 0.5 and state["best_valid"]["valid/hr@10"] < 0.9
+
+
+def test_sampled_softmax_corrects_by_training_counts_only(loops_prepared):
+    """Issue 19: the log-q correction of ``loss=sampled`` counted every split's events."""
+    from interest.tasks.sequence.task import SequenceTask
+
+    meta = SequenceTask().load_meta(SequenceConfig(loss="sampled"), str(loops_prepared))
+    events = pq.read_table(loops_prepared / "events", columns=["item_idx", "split"]).to_pydict()
+    items, split = np.asarray(events["item_idx"]), np.asarray(events["split"])
+    assert (split > 0).any()
+    assert meta.extra["train_counts"].tolist() == np.bincount(items[split == 0], minlength=meta.n_items).tolist()
+
+
+def test_evaluation_reports_the_test_split_only(loops_prepared):
+    """Issue 19: ``--split valid`` reported figures on the events that chose the epoch, the
+    baselines' parameters and the blend weights (and with refit weights trained on them)."""
+    from interest.evaluate.harness import evaluate
+    from interest.evaluate.metrics import Protocol
+    from ray_jobs.evaluate import build_parser
+
+    with pytest.raises(ConfigError, match="evaluation reports the test split"):
+        evaluate("no-run", str(loops_prepared), protocol=Protocol(split="valid"))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--run", "r", "--data", "d", "--split", "valid"])
 
 
 @pytest.mark.ray

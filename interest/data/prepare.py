@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 
 BUCKET = "_bucket"
 REPORT = "prepare_report.json"
+# The prepared folder's format, recorded in the report; an older folder fails to load
+# with a message instead of being read wrongly.
+FORMATS = {1: "items indexed by popularity over every split",
+           2: "items indexed by id, never by the data; extendable (PrepareConfig.extends)"}
+FORMAT_VERSION = 2
 SPLIT_METHODS = ("leave_last", "time", "given")
 # Staged rows: kept events (reason null) or quarantined rows (record set), one schema.
 STAGED = pa.schema(
@@ -121,6 +126,9 @@ class PrepareConfig:
         min_ts: timestamps before this are absurd and quarantined.
         max_ts: timestamps after this are absurd (default: one day after now).
         overwrite: replace an existing output folder.
+        extends: an earlier prepared dataset whose item indices this one keeps: its items
+            first, at the same indices, then the items new to this data (see
+            :func:`build_items`), so a model trained on it applies to this one.
     """
 
     input: str = ""
@@ -134,6 +142,7 @@ class PrepareConfig:
     min_ts: str = "1990-01-01"
     max_ts: str | None = None
     overwrite: bool = False
+    extends: str | None = None
 
     def __post_init__(self):
         if not self.input:
@@ -556,50 +565,73 @@ def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_i
 
 # --- items ------------------------------------------------------------------------------
 
-def build_items(event_items: list[pa.Table], catalogue: pa.Table | None, source: str
-                ) -> tuple[pa.Table, pa.Table, pa.Table | None, dict[str, int]]:
-    """Item vocabulary and prepared items table from event counts and the catalogue.
+def build_items(event_items: list[pa.Table], catalogue: pa.Table | None, source: str,
+                base: pa.Table | None = None) -> tuple[pa.Table, pa.Table, pa.Table | None, dict[str, int]]:
+    """Item vocabulary and prepared items table from the events' items and the catalogue.
 
-    Event items come first, most valid events first (ties by id, so the order is
-    reproducible; counted before deduplication, which runs later, per bucket);
-    catalogue items without events follow, so cold items are indexed and reachable
-    through their text. The vocabulary's ``count`` is filled in after deduplication.
+    An item's index says nothing about the data: items are numbered in the order of
+    their ids, never by popularity, which would carry the test events into every index
+    order (and so into any tie an evaluation settles by index). With ``base`` (the items
+    table of an earlier prepared dataset, :attr:`PrepareConfig.extends`), its items keep
+    their indices and items new to this data follow, again by id: later data extends the
+    vocabulary and no index moves, so a trained model still applies. Catalogue items
+    without events are indexed too, so cold items are reachable through their text.
+    ``count`` (events per item) is filled in after deduplication.
     """
     parts = [t for t in event_items if t is not None and t.num_rows]
-    ev = aggregate(pa.concat_tables(parts, promote_options="permissive"), S.ITEM_ID, {S.COUNT: (S.COUNT, "sum"), **_LAST_ATTRS}) if parts else (
-        pa.table({S.ITEM_ID: pa.array([], pa.string()), S.COUNT: pa.array([], pa.int64())}))
-    ev = ev.sort_by([(S.COUNT, "descending"), (S.ITEM_ID, "ascending")])
+    ev = aggregate(pa.concat_tables(parts, promote_options="permissive"), S.ITEM_ID,
+                   {S.COUNT: (S.COUNT, "sum"), **_LAST_ATTRS}) if parts else pa.table(
+        {S.ITEM_ID: pa.array([], pa.string()), S.COUNT: pa.array([], pa.int64())})
+    ev_ids = ev.column(S.ITEM_ID).combine_chunks()
     stats = {"catalogue_rows": 0, "catalogue_kept": 0, "catalogue_quarantined": 0, "catalogue_duplicates_removed": 0,
-             "with_events": ev.num_rows, "catalogue_only": 0, "events_without_catalogue": ev.num_rows}
+             "with_events": ev.num_rows, "catalogue_only": 0, "events_without_catalogue": ev.num_rows,
+             "kept_from_base": 0}
     quarantined = None
-    ids = ev.column(S.ITEM_ID)
-    counts = ev.column(S.COUNT)
+    known = [ev_ids]
     if catalogue is not None:
         cat, quarantined, dups = validate_items(catalogue, source)
-        cat_ids = cat.column(S.ITEM_ID)
-        cold = cat.filter(pc.invert(pc.is_in(cat_ids, value_set=ids))).sort_by(S.ITEM_ID)
+        cat_ids = cat.column(S.ITEM_ID).combine_chunks()
+        known.append(cat_ids)
         stats.update(catalogue_rows=catalogue.num_rows, catalogue_kept=cat.num_rows,
                      catalogue_quarantined=quarantined.num_rows, catalogue_duplicates_removed=dups,
-                     catalogue_only=cold.num_rows,
-                     events_without_catalogue=int(pc.sum(pc.invert(pc.is_in(ids, value_set=cat_ids))).as_py() or 0))
-        ids = pa.concat_arrays([ids.combine_chunks(), cold.column(S.ITEM_ID).combine_chunks()])
-        counts = pa.concat_arrays([counts.combine_chunks().cast(pa.int64()), pa.array(np.zeros(cold.num_rows, np.int64))])
-    vocab = pa.table({S.ITEM_IDX: pa.array(np.arange(len(ids), dtype=np.int32)), S.ITEM_ID: ids, S.COUNT: counts})
+                     catalogue_only=int(pc.sum(pc.invert(pc.is_in(cat_ids, value_set=ev_ids))).as_py() or 0),
+                     events_without_catalogue=int(pc.sum(pc.invert(pc.is_in(ev_ids, value_set=cat_ids))).as_py()
+                                                  or 0))
+    seen = pc.unique(pa.concat_arrays(known))
+    ids = pc.array_sort_indices(seen)
+    ids = seen.take(ids)
+    if base is not None:
+        base = base.sort_by(S.ITEM_IDX)
+        base_ids = base.column(S.ITEM_ID).combine_chunks()
+        if base.column(S.ITEM_IDX).to_numpy().tolist() != list(range(base.num_rows)):
+            raise InputError("the dataset to extend has gaps in its item indices; prepare it again")
+        stats["kept_from_base"] = base.num_rows
+        ids = pa.concat_arrays([base_ids, ids.filter(pc.invert(pc.is_in(ids, value_set=base_ids)))])
+    vocab = pa.table({S.ITEM_IDX: pa.array(np.arange(len(ids), dtype=np.int32)), S.ITEM_ID: ids,
+                      S.COUNT: pa.array(np.zeros(len(ids), np.int64))})
     vocab = S.conform(vocab, S.ITEM_VOCAB, what="item vocabulary")
-    # Attributes: the catalogue's where it has the item, else what the events carried.
+    # Attributes: the catalogue's where it has the item, else what the events carried,
+    # else the earlier dataset's.
     table = vocab.select([S.ITEM_IDX, S.ITEM_ID])
-    from_events = ev.select([S.ITEM_ID, S.TITLE, S.CATEGORY, S.BRAND, S.PRICE]) if S.TITLE in ev.column_names else None
     if catalogue is not None:
-        table = table.join(cat, S.ITEM_ID, join_type="left outer")
-        if from_events is not None:
-            table = table.join(from_events, S.ITEM_ID, join_type="left outer", right_suffix="_ev")
-            for c in (S.TITLE, S.CATEGORY, S.BRAND, S.PRICE):
-                merged = pc.coalesce(table.column(c), table.column(c + "_ev"))
-                table = table.set_column(table.column_names.index(c), c, merged).drop_columns([c + "_ev"])
-    elif from_events is not None:
-        table = table.join(from_events, S.ITEM_ID, join_type="left outer")
+        table = _fill_attributes(table, cat)
+    if S.TITLE in ev.column_names:
+        table = _fill_attributes(table, ev.select([S.ITEM_ID, S.TITLE, S.CATEGORY, S.BRAND, S.PRICE]))
+    if base is not None:
+        table = _fill_attributes(table, base.drop_columns([S.ITEM_IDX]))
     table = S.conform(table.sort_by(S.ITEM_IDX), S.PREPARED_ITEMS, what="items")
     return vocab, table, quarantined, stats
+
+
+def _fill_attributes(table: pa.Table, source: pa.Table) -> pa.Table:
+    """``table`` left-joined with ``source`` on the item id; an attribute ``table`` has
+    already keeps its value where set, and takes ``source``'s where null."""
+    shared = [c for c in source.column_names if c != S.ITEM_ID and c in table.column_names]
+    joined = table.join(source, S.ITEM_ID, join_type="left outer", right_suffix="_new")
+    for c in shared:
+        merged = pc.coalesce(joined.column(c), joined.column(c + "_new"))
+        joined = joined.set_column(joined.column_names.index(c), c, merged).drop_columns([c + "_new"])
+    return joined
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -613,6 +645,7 @@ class Plan:
     files: list[str]
     catalogue: pa.Table | None
     buckets: int
+    base_items: pa.Table | None = None  # the items of the dataset ``extends`` names
 
 
 def plan(cfg: PrepareConfig) -> Plan:
@@ -624,7 +657,11 @@ def plan(cfg: PrepareConfig) -> Plan:
     _check_inputs(adapter, files, fs, cfg)
     io.check_writable(cfg.out, overwrite=cfg.overwrite)
     catalogue = adapter.items(cfg.input, cfg.items)
-    return Plan(adapter, fs, files, catalogue, cfg.buckets or auto_buckets(files, fs))
+    base = None
+    if cfg.extends:
+        load_report(cfg.extends)  # a prepared dataset of this format, or a clear error
+        base = io.read_parquet(io.join(cfg.extends, "items"))
+    return Plan(adapter, fs, files, catalogue, cfg.buckets or auto_buckets(files, fs), base)
 
 
 def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
@@ -660,7 +697,8 @@ def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
         users = _gather(refs, "count")
         quarantine = ray.get(qref)
 
-        vocab, items, items_quarantine, item_stats = build_items(sink.items, catalogue, cfg.items or cfg.input)
+        vocab, items, items_quarantine, item_stats = build_items(sink.items, catalogue, cfg.items or cfg.input,
+                                                                 checked.base_items)
         io.write_parquet(items, io.join(pub.path, "items", "part-00000.parquet"))
         if items_quarantine is not None:
             io.write_parquet(items_quarantine, io.join(pub.path, "quarantine", "items.parquet"))
@@ -679,7 +717,8 @@ def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
         vocab = vocab.set_column(vocab.schema.get_field_index(S.COUNT), S.COUNT, pa.array(kept_counts))
         io.write_parquet(vocab, io.join(pub.path, "vocab", "items.parquet"))
         sources = [adapters.unisrec_source(files)] if cfg.format == "unisrec" else files
-        report = make_report(cfg, sources, sink.rows_by_source, buckets, b2, quarantine, item_stats, cutoffs,
+        report = make_report(cfg, sources, sink.rows_by_source, buckets, b2, quarantine, vocab.num_rows, item_stats,
+                             cutoffs,
                              time.time() - start)
         io.remove(staging)
         io.write_json(report, io.join(pub.path, REPORT))
@@ -732,7 +771,7 @@ def resolve_cutoffs(split: SplitConfig, ts_sample: list[np.ndarray]) -> tuple[in
     return valid, test
 
 
-def make_report(cfg, files, staged, buckets, b2, quarantine, item_stats, cutoffs, seconds) -> dict[str, Any]:
+def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats, cutoffs, seconds) -> dict[str, Any]:
     """The accounting of every input row, per file and in total, plus split and size figures.
 
     ``input`` is what the staging pass wrote per source file; kept, quarantined and
@@ -760,12 +799,12 @@ def make_report(cfg, files, staged, buckets, b2, quarantine, item_stats, cutoffs
 
     return {
         "config": dataclasses.asdict(cfg),
-        "schema_version": 1,
+        "format_version": FORMAT_VERSION,
         "files": per_file,
         "total": total,
         "quarantine_reasons": quarantine["reasons"],
         "users": sum(r["users"] for r in b2),
-        "items": {"total": item_stats["with_events"] + item_stats["catalogue_only"], **item_stats},
+        "items": {"total": n_items, **item_stats},
         "behaviors": list(S.BEHAVIORS),
         "split": {"method": cfg.split.method, "valid_start": iso(cutoffs[0]), "test_start": iso(cutoffs[1]),
                   "events": dict(zip(S.SPLITS, split_counts)),
@@ -777,7 +816,13 @@ def make_report(cfg, files, staged, buckets, b2, quarantine, item_stats, cutoffs
 
 
 def load_report(prepared: str) -> dict[str, Any]:
-    """The report of a prepared dataset; a clear error if the folder is not one."""
+    """The report of a prepared dataset; a clear error if the folder is not one, or was
+    prepared in an older format."""
     if not io.is_complete(prepared):
         raise InputError(f"{prepared} is not a prepared dataset (no {io.SUCCESS}); run `interest prepare` first")
-    return io.read_json(io.join(prepared, REPORT))
+    report = io.read_json(io.join(prepared, REPORT))
+    version = report.get("format_version", 1)
+    if version != FORMAT_VERSION:
+        raise InputError(f"{prepared} was prepared in format {version}; this version of interest reads format "
+                         f"{FORMAT_VERSION} ({FORMATS.get(FORMAT_VERSION)}). Run `interest prepare` again")
+    return report

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from interest import schemas as S
-from interest.data.adapters import PARSE_ERROR
+from interest.data.adapters import PARSE_ERROR, decode_utf8, parse_number
 
 # Reasons, as written to the quarantine table's `reason` column.
 EMPTY_USER = "empty user_id"
@@ -107,8 +107,6 @@ def validate_items(items: pa.Table, source: str) -> tuple[pa.Table, pa.Table, in
     Duplicated ids keep their last row (catalogue exports append updates) and the
     earlier rows are counted, not quarantined: they are superseded, not bad.
     """
-    from interest.data.adapters import decode_utf8, parse_number
-
     n = items.num_rows
     cols, bad_enc = {}, np.zeros(n, bool)
     for name in (S.ITEM_ID, S.TITLE, S.CATEGORY, S.BRAND, S.DESCRIPTION):

@@ -1,19 +1,20 @@
 """Non-neural baselines scored in the same harness as the models: popularity, ItemKNN, EASE.
 
 All fit on a sparse user x item matrix of training events (no dense user x item table)
-and score users in chunks, as :func:`interest.evaluate.metrics.full_ranking` asks.
+and score users in chunks, as :func:`interest.evaluate.metrics.full_ranking` asks. Their
+parameters are searched on validation targets by :func:`grid_search`, which does not stop
+at the edge of a grid while the metric still improves there.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Callable
+
 import numpy as np
 import torch
 
-
-def interaction_matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
-    """Binary sparse (n_users, n_items) matrix of (user, item) pairs, duplicates collapsed."""
-    pairs = np.unique(np.stack([users.astype(np.int64), items.astype(np.int64)]), axis=1)
-    return torch.sparse_coo_tensor(torch.as_tensor(pairs), torch.ones(pairs.shape[1]), (n_users, n_items)).coalesce()
+log = logging.getLogger(__name__)
 
 
 class Popularity:
@@ -94,6 +95,63 @@ class ItemKNN:
     def score(self, x_rows: torch.Tensor) -> torch.Tensor:
         """Scores of the users whose (sparse) history rows are ``x_rows``."""
         return torch.sparse.mm(x_rows, self.sim_).to_dense()
+
+
+# Each tuned baseline's parameter: its name, the grid searched first (ordered) and the
+# factory. :func:`grid_search` goes past either end of the grid while the metric improves.
+GRIDS: dict[str, tuple[str, tuple, Callable]] = {
+    "ease": ("lambda", (20.0, 50.0, 100.0, 250.0, 500.0), EASE),
+    "itemknn": ("k", (20, 50, 100, 200), ItemKNN),
+}
+MAX_EXTENSIONS = 10  # steps past an end of a grid: a factor of 2^10 either way
+
+
+def _beyond(value, up: bool):
+    """The next value past an end of a grid: twice or half ``value`` (integers stay
+    integers and at least 1); None when there is none."""
+    if isinstance(value, int):
+        nxt = value * 2 if up else value // 2
+        return nxt if nxt >= 1 and nxt != value else None
+    return value * 2.0 if up else value / 2.0
+
+
+def grid_search(name: str, measure: Callable[[Any], tuple[float, Any]], metric: str) -> tuple[Any, Any, list]:
+    """(best value, its payload, values tried in order) of ``measure(value) -> (valid
+    metric, payload)`` for the parameter of baseline ``name``.
+
+    Walks :data:`GRIDS`' ordered grid upwards until the metric falls (the metric being
+    unimodal in the parameter). A best value at an end of the grid is not trusted: the
+    search goes on past that end (doubling up, halving down) until the metric falls, so
+    a baseline is never under-tuned by where its grid happened to stop. Only the best
+    payload is kept (an EASE payload is a dense items x items matrix).
+    """
+    param, grid, _ = GRIDS[name]
+    scores: dict[Any, float] = {}
+    best: list = [None, -np.inf, None]  # value, metric, payload
+
+    def at(value) -> bool:
+        """Measure ``value``; whether it beat the best so far (then it is the best)."""
+        score, payload = measure(value)
+        scores[value] = score
+        log.info("%s %s=%g: valid %s %.4f", name, param, value, metric, score)
+        if score > best[1] or best[0] is None:
+            best[:] = [value, score, payload]
+            return True
+        return False
+
+    for value in grid:
+        if not at(value) and scores[value] < best[1]:
+            break
+    for up in (True, False):
+        for _ in range(MAX_EXTENSIONS):
+            end = max(scores) if up else min(scores)
+            nxt = _beyond(end, up)
+            if best[0] != end or nxt is None or not at(nxt):
+                break
+    if best[0] in (max(scores), min(scores)) and len(scores) > 1:
+        log.warning("%s: the best %s (%g) is still the end of the values tried (%s)", name, param, best[0],
+                    ", ".join(f"{v:g}" for v in scores))
+    return best[0], best[2], list(scores)
 
 
 def select_rows(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

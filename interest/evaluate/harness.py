@@ -1,61 +1,43 @@
-"""Evaluate a trained run on held-out events, beside baselines computed in the same run.
+"""Evaluate a trained run on the test split, beside baselines computed in the same run.
 
 Targets, histories and masks are shared by the model and every baseline, so their
 numbers differ only by the scores. Users are streamed from the prepared dataset in
 batches; item scores exist for one batch at a time.
+
+Nothing reported is chosen on the test split, and nothing chosen on the validation
+events was fitted on them: a baseline's parameter is chosen with the baseline fitted on
+the training events, then refitted on training + validation for the test; a blend's
+weight is chosen with the model's weights from before its refit (the refit trains on the
+validation events, ``prerefit.safetensors``), then the run's final weights are tested.
+The evaluator looks the task up (:data:`PROTOCOLS`); no task imports it.
 """
 
 from __future__ import annotations
 
-import glob
+import functools
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from interest import config as C
 from interest import io
 from interest import schemas as S
-from interest.evaluate.baselines import EASE, ItemKNN, Popularity, interaction_matrix
-from interest.evaluate.metrics import (Protocol, means_from_sums, metrics_from_ranks, ranks_from_scores, seen_pairs,
-                                      top_k_sums)
-from interest.tasks import get_task
+from interest.common.events import history_matrix, interaction_matrix, read_events, user_items
+from interest.common.topn import seen_pairs
+from interest.config import ConfigError
+from interest.evaluate.baselines import EASE, GRIDS, Popularity, grid_search
+from interest.evaluate.metrics import (Protocol, means_from_sums, metrics_from_ranks, multilabel_sums,
+                                      ranks_from_scores, top_k_sums)
 from interest.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 KS = (1, 10, 20)
-# Each baseline's grid, searched on the validation targets: (parameter, values, factory).
-GRIDS = {
-    "ease": ("lambda", (20.0, 50.0, 100.0, 250.0, 500.0), EASE),
-    "itemknn": ("k", (20, 50, 100, 200), ItemKNN),
-}
-BLEND_WEIGHTS = (0.2, 0.35, 0.5, 0.65, 0.8)
-
-
-def latest_checkpoint(run: str) -> str:
-    found = sorted(p for p in glob.glob(os.path.join(run, "checkpoint_*")) if os.path.isdir(p))
-    if not found:
-        raise io.InputError(f"no checkpoint in {run}; train first (`interest train ... --out {run}`)")
-    return found[-1]
-
-
-def load_model(run: str, prepared: str, which: str = ckpt.BEST):
-    """(task, config, model in eval mode, training state, meta) of the run's latest checkpoint."""
-    folder = latest_checkpoint(run)
-    state = ckpt.load_state(folder)
-    task = get_task(state["task"])
-    cfg = C.from_dict(task.config_cls, state["config"])
-    meta = task.load_meta(cfg, prepared)
-    model = task.build_model(cfg, meta)
-    try:
-        model.load_state_dict(ckpt.read_weights(folder, which))
-    except RuntimeError as exc:
-        raise io.InputError(f"{run} was trained on another dataset than {prepared}: {str(exc)[:200]}") from None
-    return task, cfg, model.eval(), state, meta
+# Weights w of the blend (1 - w) model + w baseline, chosen on the validation targets.
+# The ends are the model alone and the baseline alone, so the search spans the segment.
+BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 @dataclass
@@ -128,71 +110,29 @@ def _baseline_ranks(scores_fn, c: Collected, protocol: Protocol) -> np.ndarray:
     return _ranks_by(lambda lo, hi, hist: {None: scores_fn(lo, hi, hist)}, c, protocol).get(None, np.zeros(0))
 
 
-def read_events(prepared: str, columns: list[str], splits: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Columns of the prepared events in ``splits`` (0 train, 1 valid, 2 test), streamed."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import ray.data
-
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    ds = ray.data.read_parquet(io.join(prepared, "events")).select_columns(list(dict.fromkeys(columns + [S.SPLIT])))
-    wanted = pa.array(splits, pa.int8())
-    for b in ds.iter_batches(batch_size=1 << 20, batch_format="pyarrow"):
-        b = b.filter(pc.is_in(b[S.SPLIT], value_set=wanted))
-        for c in columns:
-            parts[c].append(b[c].to_numpy())
-    return {c: np.concatenate(v) if v else np.zeros(0, np.int64) for c, v in parts.items()}
-
-
-def train_events(prepared: str, splits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    ev = read_events(prepared, [S.USER_IDX, S.ITEM_IDX], splits)
-    return ev[S.USER_IDX], ev[S.ITEM_IDX]
-
-
-def history_matrix(histories: list[np.ndarray], n_items: int) -> torch.Tensor:
-    lengths = [len(h) for h in histories]
-    rows = np.repeat(np.arange(len(histories)), lengths)
-    cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
-    return interaction_matrix(rows, cols, len(histories), n_items)
-
-
 def standardize(scores: torch.Tensor) -> torch.Tensor:
     """Each user's scores to mean 0, standard deviation 1, so two models' scores can be mixed."""
     return (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True).clamp(min=1e-9)
 
 
-def grid_search(name: str, grid: tuple, measure, metric: str) -> tuple[Any, Any, list]:
-    """(best value, its payload, values tried) of ``measure(value) -> (valid metric,
-    payload)`` over the ordered ``grid``; stops once the metric falls, the grid being
-    ordered and the metric unimodal in it (past the peak)."""
-    best, searched = None, []
-    for value in grid:
-        searched.append(value)
-        score, payload = measure(value)
-        log.info("%s %s=%g: valid %s %.4f", name, GRIDS[name][0], value, metric, score)
-        if best is not None and score < best[1]:
-            break
-        best = (value, score, payload)
-    return best[0], best[2], searched
-
-
 def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: Collected, test: Collected,
-                   protocol: Protocol, model_scores=None) -> dict[str, Any]:
-    """Baseline ``name`` with its parameter chosen on the validation targets, refit on
-    train + valid for the test targets.
+                   protocol: Protocol, model_scores: Callable | None = None) -> dict[str, Any]:
+    """Baseline ``name`` with its parameter chosen on the validation targets (fitted on
+    the training events), refitted on training + validation events for the test targets.
 
-    With ``model_scores(states, last, split)``, also the blend ``(1 - w) z(model) + w z(baseline)`` of
-    per-user standardised scores, ``w`` chosen on the validation targets (returned under
-    ``"blend"``): sequence models and item-item models make different mistakes, and
-    mixing them is the field's usual answer when neither wins everywhere.
+    With ``model_scores(states, last, split)`` (the scores of the model that collected
+    that split's states), also the blend ``(1 - w) z(model) + w z(baseline)`` of per-user
+    standardised scores, ``w`` chosen on the validation targets at the chosen parameter
+    (returned under ``"blend"``): sequence models and item-item models make different
+    mistakes, and mixing them is the field's usual answer when neither wins everywhere.
     """
-    param, grid, factory = GRIDS[name]
+    param, _, factory = GRIDS[name]
     if name == "ease" and n_items > EASE.MAX_ITEMS:
         return {"skipped": f"{n_items} items: above EASE's dense limit of {EASE.MAX_ITEMS}"}
 
     def ranks(baseline, c: Collected, weights: tuple[float, ...]) -> dict[float, np.ndarray]:
-        """Ranks under the baseline alone (weight 1) and under each blend weight."""
-        states = torch.cat(c.states) if model_scores is not None else None
+        """Ranks under each weight of the blend (1: the baseline alone)."""
+        states = torch.cat(c.states) if weights != (1.0,) else None
         lasts = c.cat("lasts").astype(np.int64)
 
         def scores(lo, hi, hist):
@@ -207,27 +147,22 @@ def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: 
     def ndcg(r: np.ndarray) -> float:
         return metrics_from_ranks(r, KS).get("ndcg@10", 0.0)
 
-    x = interaction_matrix(*train_events(prepared, (0,)), n_users, n_items)
-    weights = (1.0, *BLEND_WEIGHTS) if model_scores is not None else (1.0,)
-
-    def measure(value):
-        # Every blend weight is ranked in the same pass as the baseline: the scores are
-        # computed once per chunk, and only the cheap ranking repeats.
-        by_weight = ranks(factory(value).fit(x), valid, weights)
-        return ndcg(by_weight[1.0]), by_weight
-
-    value, by_weight, searched = grid_search(name, grid, measure, "ndcg@10")
+    x = interaction_matrix(*user_items(prepared, (0,)), n_users, n_items)
+    value, fitted, searched = grid_search(name, lambda v: (lambda b: (ndcg(ranks(b, valid, (1.0,))[1.0]), b))(
+        factory(v).fit(x)), "ndcg@10")
     weight = None
     if model_scores is not None:
-        weight = max(BLEND_WEIGHTS, key=lambda w: ndcg(by_weight[w]))
+        by_weight = ranks(fitted, valid, BLEND_WEIGHTS)  # every weight ranked in one pass over the users
+        weight = max(BLEND_WEIGHTS, key=lambda w: ndcg(by_weight[w]))  # the first of equals: the model's side
         log.info("model + %s: weight %.2f, valid ndcg@10 %.4f", name, weight, ndcg(by_weight[weight]))
-    refit = factory(value).fit(interaction_matrix(*train_events(prepared, (0, 1)), n_users, n_items))
+    del fitted
+    refit = factory(value).fit(interaction_matrix(*user_items(prepared, (0, 1)), n_users, n_items))
     tested = ranks(refit, test, (1.0,) if weight is None else (1.0, weight))
     result = {**metrics_from_ranks(tested[1.0], KS), param: value, f"{param}_chosen_on": "valid ndcg@10",
               f"{param}_searched": searched}
     if weight is not None:
         result["blend"] = {**metrics_from_ranks(tested[weight], KS), "weight": weight, param: value,
-                           "weight_chosen_on": "valid ndcg@10"}
+                           "weight_chosen_on": "valid ndcg@10, model weights before the refit"}
     return result
 
 
@@ -268,26 +203,28 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 @torch.no_grad()
-def evaluate_next_item(task, model, cfg, meta, prepared: str, protocol: Protocol,
+def evaluate_next_item(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
                        baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024) -> dict[str, Any]:
-    """Next-item ranking and next-behaviour metrics of a sequence model beside the baselines."""
+    """Next-item ranking and next-behaviour metrics of a sequence model beside the
+    baselines; ``chooser()`` loads the model as it was before its refit (blend weights)."""
     test = collect(task, model, cfg, meta, prepared, protocol, batch_size, network=True)
     results: dict[str, Any] = {"protocol": protocol.as_dict(), "model": metrics_from_ranks(test.cat("ranks"), KS)}
     if test.network_ranks:  # the network alone, to show what the item transitions add
         results["model"]["transitions"] = cfg.transitions
         results["network"] = metrics_from_ranks(test.cat("network_ranks"), KS)
-    _, items = train_events(prepared, (0, 1))  # everything before the test events
+    _, items = user_items(prepared, (0, 1))  # everything before the test events
     pop = Popularity().fit(items, meta.n_items)
     results["popularity"] = metrics_from_ranks(
         _baseline_ranks(lambda lo, hi, hist: pop.score(hi - lo), test, protocol), KS)
     tuned = [b for b in baselines if b in GRIDS]
     if tuned:
-        valid = collect(task, model, cfg, meta, prepared, Protocol(**{**protocol.as_dict(), "split": "valid"}),
-                        batch_size)
+        before_refit = chooser()
+        valid = collect(task, before_refit, cfg, meta, prepared, replace(protocol, split="valid"), batch_size)
+        by_split = {"valid": before_refit, "test": model}
         for name in tuned:
             results[name] = tuned_baseline(name, prepared, meta.n_users, meta.n_items, valid, test, protocol,
                                            model_scores=lambda states, last, split: task.item_scores(
-                                               model, states, cfg, meta, split, last))
+                                               by_split[split], states, cfg, meta, split, last))
             if "blend" in results[name]:
                 results[f"model+{name}"] = results[name].pop("blend")
     train_behaviors = read_events(prepared, [S.BEHAVIOR], (0,))[S.BEHAVIOR].astype(np.int64)
@@ -297,28 +234,16 @@ def evaluate_next_item(task, model, cfg, meta, prepared: str, protocol: Protocol
 
 
 @torch.no_grad()
-def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, baselines: tuple[str, ...] = ("popularity",),
-             batch_size: int = 1024) -> dict[str, Any]:
-    """Test metrics of a run and of the baselines in the same pass, each with its protocol."""
-    start = time.time()
-    task, cfg, model, state, meta = load_model(run, prepared)
-    results = task.evaluate(model, cfg, meta, prepared, protocol=protocol, baselines=baselines,
-                            batch_size=batch_size)
-    results.update(task=task.name, run=run, prepared=prepared, best_epoch=state.get("best_epoch"),
-                   seconds=round(time.time() - start, 1))
-    return results
-
-
-@torch.no_grad()
-def evaluate_top_n(task, model, cfg, meta, prepared: str, baselines: tuple[str, ...] = ("popularity",),
-                   batch_size: int = 1024, ks: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
+def evaluate_top_n(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
+                   baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024,
+                   ks: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
     """Top-N metrics (Recall@k, NDCG@k over each user's new items of the test split, every
     item ranked, seen items masked) of a ``recommend`` model beside the baselines, each
     tuned baseline's parameter chosen on the validation users; with held-out items
     (``cfg.holdout_items``), also their cold-start recall against a category baseline."""
     import ray.data
 
-    protocol = Protocol(split="test", target="new items of the split", mask_seen=True)
+    protocol = replace(protocol, target="new items of the split", mask_seen=True)
     tuned = [b for b in baselines if b in GRIDS]
     phases = ("valid", "test") if tuned else ("test",)
     got: dict[str, dict[str, list]] = {p: {"history": [], "targets": [], "cold": [], "cold_history": []}
@@ -358,7 +283,7 @@ def evaluate_top_n(task, model, cfg, meta, prepared: str, baselines: tuple[str, 
         return means_from_sums(out)
 
     def events(splits):
-        users, items = train_events(prepared, splits)
+        users, items = user_items(prepared, splits)
         keep = ~cold[items]
         return users[keep], items[keep]
 
@@ -366,13 +291,13 @@ def evaluate_top_n(task, model, cfg, meta, prepared: str, baselines: tuple[str, 
     results["popularity"] = top_k(lambda x: pop.score(x.shape[0]), test)
     metric = f"recall@{max(ks)}"
     for name in tuned:
-        param, grid, factory = GRIDS[name]
+        param, _, factory = GRIDS[name]
         if name == "ease" and meta.n_items > EASE.MAX_ITEMS:
             results[name] = {"skipped": f"{meta.n_items} items: above EASE's dense limit of {EASE.MAX_ITEMS}"}
             continue
         x = interaction_matrix(*events((0,)), meta.n_users, meta.n_items)
-        value, _, searched = grid_search(name, grid, lambda v: (top_k(factory(v).fit(x).score, got["valid"])[metric],
-                                                                None), metric)
+        value, _, searched = grid_search(name, lambda v: (top_k(factory(v).fit(x).score, got["valid"])[metric], None),
+                                         metric)
         refit = factory(value).fit(interaction_matrix(*events((0, 1)), meta.n_users, meta.n_items))
         results[name] = {**top_k(refit.score, test), param: value, f"{param}_chosen_on": f"valid {metric}",
                          f"{param}_searched": searched}
@@ -382,13 +307,86 @@ def evaluate_top_n(task, model, cfg, meta, prepared: str, baselines: tuple[str, 
     return results
 
 
+@torch.no_grad()
+def evaluate_tags(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
+                  baselines: tuple[str, ...] = (), batch_size: int = 256) -> dict[str, Any]:
+    """Test-window P@k, R@k and mAP of a ``tags`` model, tag popularity and the user's own
+    most frequent tags so far, over the same users; and users scored per second."""
+    import ray.data
+
+    k = task.K
+    tags = meta.extra["tags"]
+    # Tag popularity: behaviour-weighted over every event before the targets.
+    ev = read_events(prepared, [S.ITEM_IDX, S.BEHAVIOR], (0, 1))
+    weights = np.asarray(cfg.behavior_weights, np.float32)
+    popularity = tags.matrix(np.zeros(len(ev[S.ITEM_IDX]), np.int64), ev[S.ITEM_IDX],
+                             weights[ev[S.BEHAVIOR].astype(np.int64)], 1)[0]
+    popularity = popularity / max(float(popularity.max()), 1.0)
+    methods = ("model", "popularity", "history")
+    sums = {m: {f"p@{k}": 0.0, f"r@{k}": 0.0, "map": 0.0, "users": 0} for m in methods}
+    model_s, users = 0.0, 0
+    ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        users += len(batch[S.USER_IDX])
+        ex = task.examples(batch, cfg, meta, "test")
+        if ex is None:
+            continue
+        start = time.perf_counter()
+        logits, _ = task.forward(model, ex, cfg, meta, torch.device("cpu"))
+        model_s += time.perf_counter() - start
+        scored = {"model": logits.numpy(), "popularity": np.broadcast_to(popularity, ex.target.shape),
+                  "history": ex.prior[:, 0] + 1e-3 * popularity}  # the user's own tags, the rest by popularity
+        for m in methods:
+            _add(sums[m], multilabel_sums(scored[m], ex.target > 0, k))
+    results: dict[str, Any] = {"protocol": {**protocol.as_dict(), "k": k, "ranking": "every tag",
+                                            "target": "tags of the later window"
+                                            if meta.extra.get("labels") is None else "supplied labels",
+                                            "ties": "against the relevant tags: irrelevant ones rank first"}}
+    for m in methods:
+        results[m] = task.metrics_from_sums(sums[m])
+    results["model"]["users_per_s"] = round(results["model"]["users"] / max(model_s, 1e-9), 1)
+    results["tags"] = tags.report
+    results["users"] = {"read": users, "with_labels": int(sums["model"]["users"]),
+                        "without_labels": users - int(sums["model"]["users"])}
+    return results
+
+
+# How each task is measured (a task's ``evaluation``).
+PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
+    "next_item": evaluate_next_item,
+    "top_n": evaluate_top_n,
+    "tags": evaluate_tags,
+}
+
+
+@torch.no_grad()
+def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, baselines: tuple[str, ...] = ("popularity",),
+             batch_size: int = 1024) -> dict[str, Any]:
+    """Test metrics of a run and of the baselines in the same pass, each with its protocol.
+
+    Only the test split is reported: the validation events chose the epoch, the
+    baselines' parameters and the blend weights, so a figure measured on them is not an
+    estimate of anything (the best epoch's validation figures are in the run's state)."""
+    start = time.time()
+    if protocol is not None and protocol.split != "test":
+        raise ConfigError(f"evaluation reports the test split, not {protocol.split!r}: the validation events chose "
+                          "the epoch and every parameter (their figures are in the run's state.json)")
+    task, cfg, model, state, meta = ckpt.load_model(run, prepared)
+    chooser = functools.partial(ckpt.model_before_refit, run, prepared, task, cfg, meta, model)  # loaded if used
+    protocol = protocol or Protocol(mask_seen=getattr(cfg, "mask_seen", True))
+    results = PROTOCOLS[task.evaluation](task, model, chooser, cfg, meta, prepared, protocol, baselines, batch_size)
+    results.update(task=task.name, run=run, prepared=prepared, best_epoch=state.get("best_epoch"),
+                   seconds=round(time.time() - start, 1))
+    return results
+
+
 def cold_start(model_scores: torch.Tensor, histories: list[np.ndarray], cold_targets: list[np.ndarray],
                cold: np.ndarray, categories: np.ndarray, ks: tuple[int, ...]) -> dict[str, Any]:
     """Recall@k and NDCG@k of the held-out items a user took up in the test split, ranked
     among the held-out items only, for the model and for "the user's favourite category
     first": cold items ordered by how many of the user's history items share their
     category, ties in a fixed random order (no popularity is known for an item nobody
-    has touched, and the item index follows popularity over every split)."""
+    has touched). Ties of the model's scores count against the target, as everywhere."""
     cold_idx = np.flatnonzero(cold)
     position = np.full(len(cold), -1, np.int64)
     position[cold_idx] = np.arange(len(cold_idx))

@@ -1,9 +1,10 @@
 """Ranking metrics over the whole catalogue, computed in chunks of users.
 
-A target's rank counts the items scored above it, and among equal scores the items
-with a lower index: a model that scores everything alike gets no credit for ties.
-Seen items (the user's history) are masked unless the protocol says otherwise; every
-number is reported with its protocol (:class:`Protocol`).
+The tie rule: a target ranks after every item scored at least as high, whatever the
+items' indices, so a model that scores everything alike gets the worst rank among the
+tied items and no item order (which could carry anything) settles a tie. Seen items
+(the user's history) are masked unless the protocol says otherwise; every number is
+reported with its protocol (:class:`Protocol`), which states the rule.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from interest.common.topn import seen_pairs
 
 
 @dataclass(frozen=True)
@@ -25,71 +28,73 @@ class Protocol:
         split: which held-out events are the targets (``valid`` or ``test``).
         target: which event of the split is the target (``first``: leave-one-out).
         mask_seen: items in the user's history cannot be recommended.
+        ties: the tie rule (module docstring), stated beside every number.
     """
 
     ranking: str = "full"
     split: str = "test"
     target: str = "first"
     mask_seen: bool = True
+    ties: str = "against the target: it ranks after every item scored at least as high"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, seen_rows: torch.Tensor | None = None,
-                      seen_cols: torch.Tensor | None = None, exact_below: int | None = None) -> torch.Tensor:
-    """0-based rank of each row's target among all columns of ``scores`` (B, I).
+                      seen_cols: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each row's target among all columns of ``scores`` (B, I): the
+    number of other unmasked items scored at least as high as the target (ties count
+    against it; a NaN score counts above it).
 
     ``seen_rows``/``seen_cols`` list distinct (row, item) pairs to mask; a masked target
-    is ranked after every unmasked item. With ``exact_below``, a rank of at least
-    ``exact_below`` may come back as any value at least that large (enough for @k
-    metrics with k <= ``exact_below``, not for MRR).
+    ranks after every unmasked item.
 
     The counts come from one sign pass over ``scores`` minus the target score (sum of
-    signs = above - below, sum of their absolutes = above + below), and the masks'
-    corrections from the few seen pairs: masking a copy of the (B, I) block and comparing
-    column indices for tie order, as :func:`_exact_ranks` does, takes 4-5x as long, and was
-    half of a 54k-item validation epoch on 2 cores. Only rows with a tie, a masked target
-    or a non-finite score, rare with learned scores, take that exact path. Sparse
-    item-item scores tie a target at 0 with most of the catalogue in most rows; there
-    ``exact_below`` skips the exact path for rows already ranked below it (the recommend
-    bench's ItemKNN evaluation on 54k items: 236 -> 128 s).
+    signs = above - below, sum of their absolutes = above + below; every other item is
+    above or tied), and the masks' corrections from the few seen pairs: masking a copy of
+    the (B, I) block, as :func:`_exact_ranks` does, takes 4-5x as long, and was half of a
+    54k-item validation epoch on 2 cores. Only rows with a masked target or a non-finite
+    score take that exact path.
     """
     scores = scores.float()
+    n_items = scores.shape[1]
     rows = torch.arange(len(targets), device=scores.device)
     target_score = scores[rows, targets].unsqueeze(1)  # (B, 1)
     # Sums of +-1 are exact in float32 below 2^24 columns.
-    sign = (scores - target_score).sign_().to(torch.float32 if scores.shape[1] < 2 ** 24 else torch.float64)
+    sign = (scores - target_score).sign_().to(torch.float32 if n_items < 2 ** 24 else torch.float64)
     above_minus_below = sign.sum(1)
     above_plus_below = torch.linalg.vector_norm(sign, ord=1, dim=1)  # fused: no |sign| block written
-    higher = ((above_minus_below + above_plus_below) / 2).long()
-    ties = scores.shape[1] - 1 - above_plus_below
-    tied = ties != 0
+    below = ((above_plus_below - above_minus_below) / 2).long()
+    rank = n_items - 1 - below  # above + tied
     slow = above_plus_below.isnan() | ~target_score[:, 0].isfinite()
     if seen_rows is not None and len(seen_rows):
         seen_scores, seen_targets = scores[seen_rows, seen_cols], target_score[seen_rows, 0]
-        higher -= torch.bincount(seen_rows[seen_scores > seen_targets], minlength=len(targets))
+        rank -= torch.bincount(seen_rows[seen_scores >= seen_targets], minlength=len(targets))
         slow[seen_rows[seen_cols == targets[seen_rows]]] = True
-    if exact_below is not None:  # ties only add to the rank: these are below already
-        tied &= higher < exact_below
-    slow_rows = (slow | tied).nonzero().squeeze(1)
+    slow_rows = slow.nonzero().squeeze(1)
     if len(slow_rows):
-        higher[slow_rows] = _exact_ranks(scores, targets, seen_rows, seen_cols, slow_rows)
-    return higher
+        rank[slow_rows] = _exact_ranks(scores, targets, seen_rows, seen_cols, slow_rows)
+    return rank
 
 
 def _exact_ranks(scores, targets, seen_rows, seen_cols, rows) -> torch.Tensor:
-    """:func:`ranks_from_scores` of ``rows`` by masking a copy (ties: lower index first)."""
-    sub = scores[rows]  # indexing copies: masking it leaves scores alone
+    """:func:`ranks_from_scores` of ``rows`` by comparing a copy of their scores."""
+    sub = scores[rows]
+    r = torch.arange(len(rows), device=sub.device)
+    t = targets[rows]
+    target_score = sub[r, t].unsqueeze(1)
+    # A NaN target ranks after everything; a NaN item counts above any target.
+    counted = (sub >= target_score) | sub.isnan() | target_score.isnan()
+    masked = torch.zeros_like(counted)
     if seen_rows is not None and len(seen_rows):
         position = torch.full((len(scores),), -1, dtype=torch.long, device=scores.device)
-        position[rows] = torch.arange(len(rows), device=scores.device)
+        position[rows] = r
         keep = position[seen_rows] >= 0
-        sub[position[seen_rows[keep]], seen_cols[keep]] = float("-inf")
-    t = targets[rows]
-    target_score = sub[torch.arange(len(rows), device=sub.device), t].unsqueeze(1)
-    cols = torch.arange(sub.shape[1], device=sub.device).unsqueeze(0)
-    return (sub > target_score).sum(1) + ((sub == target_score) & (cols < t.unsqueeze(1))).sum(1)
+        masked[position[seen_rows[keep]], seen_cols[keep]] = True
+    counted = torch.where(masked[r, t].unsqueeze(1), ~masked, counted & ~masked)  # a masked target: after the rest
+    counted[r, t] = False
+    return counted.sum(1)
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
@@ -140,23 +145,14 @@ def sampled_ranking(score: Callable[[np.ndarray], torch.Tensor], users: np.ndarr
     return np.asarray(out, np.int64)
 
 
-def seen_pairs(seen: list[np.ndarray], device="cpu") -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(row, item) index tensors of the items to mask, one row per history in ``seen``."""
-    lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
-    if lengths.sum() == 0:
-        return None, None
-    rows = np.repeat(np.arange(len(seen)), lengths)
-    return (torch.as_tensor(rows, device=device),
-            torch.as_tensor(np.concatenate(seen).astype(np.int64), device=device))
-
-
 def multilabel_sums(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dict[str, float]:
     """Sums over users of P@k, R@k and average precision of ranking every tag by ``scores``
     (U, T) against the boolean ``relevant`` (U, T); users with nothing relevant are left
-    out. Ties rank the lower tag index first, as for items."""
+    out. Ties count against the targets, as for items: among equal scores the irrelevant
+    tags rank first."""
     has = relevant.any(1)
     scores, relevant = scores[has], relevant[has]
-    order = np.argsort(-scores, axis=1, kind="stable")
+    order = np.lexsort((relevant, -scores), axis=1)  # by score, then irrelevant before relevant
     hits = np.take_along_axis(relevant, order, 1).astype(np.float64)  # (U, T) in ranked order
     n_rel = hits.sum(1)
     cum = np.cumsum(hits, 1)
@@ -167,32 +163,31 @@ def multilabel_sums(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dic
             "map": float(ap.sum()), "users": int(has.sum())}
 
 
-
 def top_k_sums(scores: torch.Tensor, targets: list[np.ndarray], seen: list[np.ndarray] | None,
                ks: tuple[int, ...] = (10, 20), chunk: int = 1024) -> dict[str, float]:
     """Sums over users of Recall@k and NDCG@k of ranking every item by ``scores`` (U, I)
     against each user's set of ``targets`` (several items per user, as in a test window);
-    ``seen`` items are masked first. Users with no target are left out (``users`` counts
-    the rest).
+    ``seen`` items are masked. Users with no target are left out (``users`` counts the
+    rest).
 
-    Each target is ranked as :func:`ranks_from_scores` ranks one (ties: lower index
-    first). Recall divides the hits by the user's number of targets, NDCG by the ideal
-    DCG of min(k, targets) hits.
+    Each target is ranked as :func:`ranks_from_scores` ranks one, against the other
+    items (the user's other targets included): ties count against it. Recall divides the
+    hits by the user's number of targets, NDCG by the ideal DCG of min(k, targets) hits.
     """
     keep = [i for i, t in enumerate(targets) if len(t)]
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")} | {"users": len(keep)}
     if not keep:
         return sums
-    scores = scores[keep].float().clone()
+    scores = scores[keep].float()
     targets = [np.asarray(targets[i], np.int64) for i in keep]
-    if seen is not None:
-        rows, cols = seen_pairs([seen[i] for i in keep], scores.device)
-        if rows is not None:
-            scores[rows, cols] = float("-inf")
+    seen = [seen[i] for i in keep] if seen is not None else None
     t_rows, t_items = seen_pairs(targets, scores.device)
-    ranks = torch.cat([ranks_from_scores(scores[t_rows[lo:lo + chunk]], t_items[lo:lo + chunk],
-                                         exact_below=max(ks))
-                       for lo in range(0, len(t_rows), chunk)]).double()
+    ranks = []
+    for lo in range(0, len(t_rows), chunk):
+        users = t_rows[lo:lo + chunk]
+        masks = seen_pairs([seen[u] for u in users.tolist()], scores.device) if seen is not None else (None, None)
+        ranks.append(ranks_from_scores(scores[users], t_items[lo:lo + chunk], *masks))
+    ranks = torch.cat(ranks).double()
     n_targets = torch.as_tensor([len(t) for t in targets], dtype=torch.float64, device=scores.device)
     for k in ks:
         hit = ranks < k

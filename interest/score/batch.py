@@ -19,8 +19,8 @@ import torch
 
 from interest import io
 from interest.config import ConfigError
-from interest.evaluate.harness import load_model
 from interest.tasks import Task
+from interest.train.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 

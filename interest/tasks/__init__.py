@@ -1,5 +1,6 @@
 """The task registry: every job (train, tune, score, evaluate) looks tasks up here."""
 
+from interest.config import ConfigError
 from interest.tasks.base import Meta, Task, TrainConfig
 from interest.tasks.recommend.task import RecommendTask
 from interest.tasks.sequence.task import SequenceTask
@@ -15,8 +16,6 @@ __all__ = ["TASKS", "Meta", "Task", "TrainConfig", "get_task"]
 
 
 def get_task(name: str) -> Task:
-    from interest.config import ConfigError
-
     try:
         return TASKS[name]()
     except KeyError:

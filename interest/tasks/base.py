@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.data.prepare import load_report
@@ -93,11 +92,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Meta:
-    """Facts about the prepared dataset a model is built for (sizes, item popularity)."""
+    """Facts about the prepared dataset a model is built for."""
 
     n_items: int
     n_users: int
-    item_counts: np.ndarray = field(repr=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # what a task loads for itself
 
 
@@ -108,41 +106,9 @@ def uniform_hash(idx: np.ndarray) -> np.ndarray:
     return h.astype(np.float64) / 2 ** 32
 
 
-def ragged(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The entries of runs ``counts[r]`` long from ``starts[r]`` (list offsets, CSR rows),
-    flattened: (the run each belongs to, its index)."""
-    counts = np.asarray(counts, np.int64)
-    owner = np.repeat(np.arange(len(counts)), counts)
-    first = np.asarray(starts, np.int64) - (np.cumsum(counts) - counts)  # index - flat position, per run
-    return owner, np.arange(counts.sum()) + np.repeat(first, counts)
-
-
-SPLIT_COUNTS = {"train": ("n_train",), "valid": ("n_train", "n_valid"), "test": ("n_train", "n_valid", "n_test")}
-
-
-def training_steps(prepared: str, column: str, through: str = "train") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``column``'s values (items, behaviors) of consecutive events of each user up to the
-    end of split ``through`` (``train``: the first ``n_train`` events; ``valid``, ``test``:
-    also those of the later splits), as (before, after) arrays a batch of sequences at a
-    time; ``before`` is -1 where ``after`` is a user's first event. Streams the prepared
-    sequences."""
-    import pyarrow.dataset as pads
-
-    counts = SPLIT_COUNTS[through]
-    fs, inner = io.filesystem(io.join(prepared, "sequences"))
-    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(columns=[column, *counts]):
-        lists = b.column(column)
-        offsets = lists.offsets.to_numpy().astype(np.int64)
-        n = sum(b.column(c).to_numpy().astype(np.int64) for c in counts)
-        user, at = ragged(offsets[:-1], np.minimum(np.diff(offsets), n))
-        values = lists.values.to_numpy().astype(np.int64)
-        yield np.where(at > offsets[user], values[np.maximum(at - 1, 0)], -1), values[at]
-
-
 def load_meta(prepared: str) -> Meta:
     report = load_report(prepared)
-    counts = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.COUNT]).column(S.COUNT)
-    return Meta(n_items=report["items"]["total"], n_users=report["users"], item_counts=counts.to_numpy())
+    return Meta(n_items=report["items"]["total"], n_users=report["users"])
 
 
 class Task:
@@ -153,6 +119,9 @@ class Task:
     # Validate the model before the first epoch, so its initial weights are kept unless an
     # epoch beats them: for tasks whose untrained model already gives a baseline's answer.
     validate_initial: ClassVar[bool] = False
+    # How :mod:`interest.evaluate.harness` measures the task on the test split (a key of
+    # its PROTOCOLS): the evaluator looks tasks up, a task never imports the evaluator.
+    evaluation: ClassVar[str]
 
     def load_meta(self, cfg: Any, prepared: str) -> Meta:
         """Sizes of the prepared dataset, plus whatever else the task reads (runs on every worker)."""
@@ -199,6 +168,11 @@ class Task:
         latest items are ``last`` (U,)."""
         raise NotImplementedError
 
+    def early_stopping_config(self, cfg: Any) -> Any:
+        """The config the validation that picks the best epoch runs under (default the
+        run's): a task whose settings are chosen after training validates without them."""
+        return cfg
+
     def choose_settings(self, cfg: Any, meta: Meta,
                         valid_metric: Callable[[Any], float]) -> tuple[dict[str, Any], float]:
         """Settings chosen on the validation users once training has ended (before the
@@ -210,11 +184,6 @@ class Task:
     def validate(self, model: nn.Module, batches: Iterable[dict[str, np.ndarray]], cfg: Any, meta: Meta,
                  device: torch.device, split: str = "valid") -> dict[str, float]:
         """Sums over the given users (so workers' results can be added), with ``users``."""
-        raise NotImplementedError
-
-    def evaluate(self, model: nn.Module, cfg: Any, meta: Meta, prepared: str, *, protocol: Any = None,
-                 baselines: tuple[str, ...] = (), batch_size: int = 1024) -> dict[str, Any]:
-        """Test metrics of a trained model beside the task's baselines, with the protocol."""
         raise NotImplementedError
 
     def score_params(self, model: nn.Module, cfg: Any, meta: Meta,

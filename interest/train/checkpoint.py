@@ -1,13 +1,17 @@
 """Checkpoints that load without unpickling arbitrary objects.
 
 A checkpoint folder holds ``model.safetensors`` (latest weights), ``best.safetensors``
-(weights of the best validation epoch so far), ``optimizer.pt`` (tensors and numbers
-only, read with ``weights_only=True``), ``state.json`` (epoch, best metric, the task's
-config) and ``items.parquet`` (the item vocabulary the model's indices refer to).
+(weights of the best validation epoch so far; after a refit, the refit weights),
+``prerefit.safetensors`` (after a refit: the best epoch's weights from before it, for
+choices made on the validation events the refit trained on), ``optimizer.pt`` (tensors
+and numbers only, read with ``weights_only=True``), ``state.json`` (epoch, best metric,
+the task's config) and ``items.parquet`` (the item vocabulary the model's indices refer
+to). :func:`load_model` is how evaluation and scoring read a run.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -15,11 +19,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from interest import config as C
 from interest import io
+from interest.tasks import Meta, Task, get_task
 from interest.tasks.base import unwrap
 
 MODEL = "model.safetensors"
 BEST = "best.safetensors"
+PREREFIT = "prerefit.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "state.json"
 VOCAB = "items.parquet"
@@ -32,11 +39,13 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(folder: str, model: nn.Module, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
-         state: dict, vocab_path: str) -> None:
+         state: dict, vocab_path: str, prerefit: dict[str, torch.Tensor] | None = None) -> None:
     """``optimizer`` None: a closed-form model, nothing to resume."""
     os.makedirs(folder, exist_ok=True)
     save_file(weights(model), os.path.join(folder, MODEL))
     save_file(best, os.path.join(folder, BEST))
+    if prerefit is not None:
+        save_file(prerefit, os.path.join(folder, PREREFIT))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), os.path.join(folder, OPTIMIZER))
     with open(os.path.join(folder, STATE), "w") as f:
@@ -57,3 +66,42 @@ def read_weights(folder: str, which: str = MODEL) -> dict[str, torch.Tensor]:
 
 def load_optimizer(folder: str, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict(torch.load(os.path.join(folder, OPTIMIZER), weights_only=True))
+
+
+def has_weights(folder: str, which: str) -> bool:
+    return os.path.exists(os.path.join(folder, which))
+
+
+def latest_checkpoint(run: str) -> str:
+    found = sorted(p for p in glob.glob(os.path.join(run, "checkpoint_*")) if os.path.isdir(p))
+    if not found:
+        raise io.InputError(f"no checkpoint in {run}; train first (`interest train ... --out {run}`)")
+    return found[-1]
+
+
+def load_model(run: str, prepared: str, which: str = BEST) -> tuple[Task, object, nn.Module, dict, Meta]:
+    """(task, config, model in eval mode, training state, meta) of the run's latest checkpoint."""
+    folder = latest_checkpoint(run)
+    state = load_state(folder)
+    task = get_task(state["task"])
+    cfg = C.from_dict(task.config_cls, state["config"])
+    meta = task.load_meta(cfg, prepared)
+    return task, cfg, _built(task, cfg, meta, folder, which, run, prepared), state, meta
+
+
+def model_before_refit(run: str, prepared: str, task: Task, cfg, meta: Meta, model: nn.Module) -> nn.Module:
+    """The run's best weights from before its refit (in eval mode), for choices made on
+    the validation events, which the refit trained on; ``model`` when there was no refit."""
+    folder = latest_checkpoint(run)
+    if not has_weights(folder, PREREFIT):
+        return model
+    return _built(task, cfg, meta, folder, PREREFIT, run, prepared)
+
+
+def _built(task: Task, cfg, meta: Meta, folder: str, which: str, run: str, prepared: str) -> nn.Module:
+    model = task.build_model(cfg, meta)
+    try:
+        model.load_state_dict(read_weights(folder, which))
+    except RuntimeError as exc:
+        raise io.InputError(f"{run} was trained on another dataset than {prepared}: {str(exc)[:200]}") from None
+    return model.eval()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from interest.tasks.sequence.model import N_BEHAVIORS
+from interest.schemas import N_BEHAVIORS
 
 KINDS = ("two_tower", "ease", "itemknn", "popularity")
 

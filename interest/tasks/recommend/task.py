@@ -20,21 +20,19 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import torch
 import torch.nn as nn
 
 from interest import io
 from interest import schemas as S
+from interest.common.events import event_counts, history_matrix, interaction_matrix, user_items, windows
+from interest.common.topn import top_n, top_of_rows
 from interest.config import ConfigError
-from interest.evaluate.baselines import EASE, ItemKNN, interaction_matrix
+from interest.evaluate.baselines import EASE, GRIDS, ItemKNN, grid_search
 from interest.evaluate.metrics import top_k_sums
-from interest.score.topn import top_n, top_of_rows
 from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash, unwrap
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
 from interest.tasks.recommend.model import KINDS, ItemItem, PopularityModel, RecommendModelConfig, TwoTower
-from interest.tasks.sequence.task import windows
 from interest.text.embed import prepared_item_vectors
 
 log = logging.getLogger(__name__)
@@ -113,19 +111,10 @@ class Users:
     bought: list[np.ndarray] | None = None
 
 
-def event_counts(prepared: str, n_items: int, splits: tuple[int, ...] = (0,)) -> np.ndarray:
-    """Events per item in ``splits`` of the prepared events, streamed a batch at a time."""
-    fs, inner = io.filesystem(io.join(prepared, "events"))
-    counts = np.zeros(n_items, np.int64)
-    for b in pads.dataset(inner, filesystem=fs, format="parquet").to_batches(
-            columns=[S.ITEM_IDX], filter=pc.field(S.SPLIT).isin(list(splits))):
-        counts += np.bincount(b.column(S.ITEM_IDX).to_numpy(), minlength=n_items)
-    return counts
-
-
 class RecommendTask(Task):
     name = "recommend"
     config_cls = RecommendConfig
+    evaluation = "top_n"
 
     def load_meta(self, cfg: RecommendConfig, prepared: str) -> Meta:
         meta = load_meta(prepared)
@@ -165,25 +154,23 @@ class RecommendTask(Task):
         refitted on training + validation events, the history the test users have (as
         the evaluation's baselines are).
         """
-        from interest.evaluate.harness import GRIDS, grid_search, train_events
-
         def matrix(splits):
-            users, items = train_events(prepared, splits)
+            users, items = user_items(prepared, splits)
             keep = ~meta.extra["cold"][items]
             return interaction_matrix(users[keep], items[keep], meta.n_users, meta.n_items)
 
         if cfg.model.kind == "popularity":
-            _, items = train_events(prepared, (0, 1))
+            _, items = user_items(prepared, (0, 1))
             counts = np.bincount(items[~meta.extra["cold"][items]], minlength=meta.n_items)
             model.counts = torch.as_tensor(counts, dtype=torch.float32)
             return {}
         name = cfg.model.kind
-        param, grid, factory = GRIDS[name]
+        param, _, factory = GRIDS[name]
         fixed = cfg.model.lam if name == "ease" else cfg.model.k
         if fixed is None:
             x = matrix((0,))
-            value, _, searched = grid_search(name, grid, lambda v: (valid_metric(model.set(_matrix(factory(v).fit(x)))),
-                                                                    None), cfg.train.metric)
+            value, _, searched = grid_search(name, lambda v: (valid_metric(model.set(_matrix(factory(v).fit(x)))),
+                                                              None), cfg.train.metric)
             chosen = {param: value, f"{param}_searched": searched, f"{param}_chosen_on": f"valid {cfg.train.metric}"}
         else:
             value = fixed
@@ -193,7 +180,10 @@ class RecommendTask(Task):
 
     def users(self, batch: dict[str, np.ndarray], cfg: RecommendConfig, meta: Meta, phase: str) -> Users | None:
         """The users of ``batch`` in ``phase`` (valid, test, score) with their histories;
-        for valid and test only those with a new item in the split."""
+        for valid and test only those with a new item in the split. Items held out of
+        training (``holdout_items``) are never validation targets: early stopping and the
+        closed-form models' search see the items they can learn, as the test's warm
+        metrics do; the test keeps them, for the evaluator's cold-start rows."""
         n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
         ends = {"valid": n_train, "test": n_train + n_valid, "score": n_train + n_valid + n_test}[phase]
         stops = {"valid": n_train + n_valid, "test": n_train + n_valid + n_test, "score": ends}[phase]
@@ -203,6 +193,8 @@ class RecommendTask(Task):
             seq = np.asarray(batch["items"][r], np.int64)
             past = np.unique(seq[:ends[r]])
             new = np.setdiff1d(seq[ends[r]:stops[r]], past)
+            if phase == "valid":
+                new = new[~cold[new]]
             if phase != "score" and not len(new):
                 continue
             rows.append(r)
@@ -234,8 +226,6 @@ class RecommendTask(Task):
         if isinstance(core, TwoTower):
             return core.scores(torch.as_tensor(users.items, device=device),
                                torch.as_tensor(users.behaviors, device=device))
-        from interest.evaluate.harness import history_matrix
-
         return core(history_matrix(users.history, core.n_items).to(device))
 
     def loss(self, model, batch, cfg: RecommendConfig, meta: Meta, device):
@@ -279,12 +269,6 @@ class RecommendTask(Task):
             for key, v in top_k_sums(self.scores(model, users, cfg, device), users.targets, users.history, KS).items():
                 sums[key] += v
         return sums
-
-    def evaluate(self, model, cfg: RecommendConfig, meta: Meta, prepared: str, *, protocol=None,
-                 baselines=("popularity", "itemknn", "ease"), batch_size: int = 1024) -> dict:
-        from interest.evaluate.harness import evaluate_top_n  # the harness imports the task registry
-
-        return evaluate_top_n(self, model, cfg, meta, prepared, baselines, batch_size)
 
     @torch.no_grad()
     def score(self, model, batch: dict[str, np.ndarray], cfg: RecommendConfig, meta: Meta, device, *,

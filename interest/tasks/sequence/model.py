@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-N_BEHAVIORS = 5
+from interest.schemas import N_BEHAVIORS
+
 # Time gaps to the previous event, in log2 buckets of seconds: 0 s, 1 s, 2-3 s, ...
 # 2^23 s (~3 months) and beyond share the last bucket. Bucket 0 is padding.
 N_GAP_BUCKETS = 26

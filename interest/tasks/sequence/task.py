@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
-from interest.evaluate.metrics import Protocol, metrics_from_ranks, ranks_from_scores, seen_pairs
-from interest.tasks.base import Meta, Task, TrainConfig, load_meta, training_steps, unwrap
+from interest.common.events import event_counts, training_steps, windows
+from interest.common.topn import seen_pairs, top_n, top_of_rows
+from interest.evaluate.metrics import metrics_from_ranks, ranks_from_scores
+from interest.schemas import N_BEHAVIORS
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, unwrap
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
-from interest.tasks.sequence.model import N_BEHAVIORS, PRESETS, SequenceModel, SequenceModelConfig, gap_buckets
+from interest.tasks.sequence.model import PRESETS, SequenceModel, SequenceModelConfig, gap_buckets
 from interest.tasks.sequence.transitions import THROUGH, ItemTransitions
-from interest.score.topn import top_n, top_of_rows
 from interest.text.embed import prepared_item_vectors
 
 LOSSES = ("full", "sampled")
@@ -46,8 +48,8 @@ class SequenceConfig:
             distribution, ``(1 - w) network + w P(next | last item)``
             (:mod:`~interest.tasks.sequence.transitions`); None: chosen on the validation
             targets after training among TRANSITION_WEIGHTS (0 included) and written into
-            the run's config; 0: the network alone. Training and early stopping see the
-            network alone either way.
+            the run's config; 0: the network alone. Early stopping sees the network
+            alone either way (:meth:`SequenceTask.early_stopping_config`).
     """
 
     PATHS: ClassVar[tuple[str, ...]] = ("embeddings", "encoder")  # local paths (train.loop.absolute_paths)
@@ -83,26 +85,6 @@ class SequenceConfig:
             raise ConfigError(f"model.dim ({self.model.dim}) must be divisible by model.heads ({self.model.heads})")
 
 
-def windows(batch: dict[str, np.ndarray], ends: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
-    """Left-padded (B, length) items+1, behaviours+1 and gap buckets of events [end-length, end)."""
-    n = len(ends)
-    items = np.zeros((n, length), np.int64)
-    behaviors = np.zeros((n, length), np.int64)
-    gaps = np.zeros((n, length), np.float64)
-    for r in range(n):
-        end = int(ends[r])
-        start = max(0, end - length)
-        k = end - start
-        if k <= 0:
-            continue
-        items[r, length - k:] = np.asarray(batch["items"][r][start:end]) + 1
-        behaviors[r, length - k:] = np.asarray(batch["behaviors"][r][start:end]) + 1
-        ts = np.asarray(batch["ts"][r][max(0, start - 1):end]).astype("datetime64[us]").astype(np.int64) / 1e6
-        g = np.diff(ts) if start > 0 else np.concatenate([[0.0], np.diff(ts)])
-        gaps[r, length - k:] = g
-    return items, behaviors, gaps
-
-
 def behavior_transitions(prepared: str) -> tuple[np.ndarray, int]:
     """(N_BEHAVIORS + 1, N_BEHAVIORS) log P(next behaviour | last behaviour + 1) over
     consecutive training events (row 0: a user's first event), add-one smoothed, and the
@@ -125,6 +107,7 @@ def _tensors(device, *arrays):
 class SequenceTask(Task):
     name = "sequence"
     config_cls = SequenceConfig
+    evaluation = "next_item"
     LENGTH_GROUPS = 4
 
     def load_meta(self, cfg: SequenceConfig, prepared: str) -> Meta:
@@ -135,6 +118,8 @@ class SequenceTask(Task):
         if cfg.embeddings:
             meta.extra["vectors"] = torch.as_tensor(prepared_item_vectors(prepared, cfg.embeddings, cfg.encoder)[0])
         meta.extra["transitions"], meta.extra["behavior_types"] = behavior_transitions(prepared)
+        if cfg.loss == "sampled":  # the log-q correction: how often training met each item
+            meta.extra["train_counts"] = event_counts(prepared, meta.n_items, (0,))
         return meta
 
     def build_model(self, cfg: SequenceConfig, meta: Meta) -> nn.Module:
@@ -172,8 +157,9 @@ class SequenceTask(Task):
         if cfg.loss == "full":
             item_loss = full_softmax_loss(s, t_item, core.item_table()[1:])
         else:
-            log_q = torch.log(torch.as_tensor(meta.item_counts, dtype=torch.float32, device=device).clamp(min=1)
-                              / max(float(meta.item_counts.sum()), 1.0))
+            counts = meta.extra["train_counts"]
+            log_q = torch.log(torch.as_tensor(counts, dtype=torch.float32, device=device).clamp(min=1)
+                              / max(float(counts.sum()), 1.0))
             item_loss = sampled_softmax_loss(s, t_item, core.item_table()[1:], log_q, cfg.negatives)
         behavior_loss = F.cross_entropy(core.behavior_logits(s, torch.cat(lasts)), t_behavior)
         loss = item_loss + cfg.behavior_weight * behavior_loss
@@ -265,6 +251,11 @@ class SequenceTask(Task):
             return scores
         return self.item_transitions(meta, split).log_mix(scores, last, cfg.transitions)
 
+    def early_stopping_config(self, cfg: SequenceConfig) -> SequenceConfig:
+        """The network alone: the item transitions' weight, chosen or fixed, is a setting
+        of the finished network, and an epoch is picked for what the network learned."""
+        return replace(cfg, transitions=0.0)
+
     def choose_settings(self, cfg: SequenceConfig, meta: Meta,
                         valid_metric: Callable[[SequenceConfig], float]) -> tuple[dict, float]:
         """The weight of the item transitions, when not set, chosen on validation."""
@@ -273,13 +264,6 @@ class SequenceTask(Task):
         found = {w: valid_metric(replace(cfg, transitions=w)) for w in TRANSITION_WEIGHTS}
         weight = max(found, key=found.get)  # the first of equals: the smaller weight
         return {"transitions": weight}, found[weight]
-
-    def evaluate(self, model, cfg: SequenceConfig, meta: Meta, prepared: str, *, protocol=None,
-                 baselines=("popularity",), batch_size: int = 1024) -> dict:
-        from interest.evaluate.harness import evaluate_next_item  # the harness imports the task registry
-
-        return evaluate_next_item(self, model, cfg, meta, prepared, protocol or Protocol(mask_seen=cfg.mask_seen),
-                                  baselines, batch_size)
 
     @torch.no_grad()
     def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: SequenceConfig, meta: Meta, device,

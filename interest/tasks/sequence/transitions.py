@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from interest.tasks.base import ragged, training_steps
+from interest.common.events import ragged, training_steps
 
 # The events counted for each held-out split: those before it (validation targets: the
 # training events; test targets: training + validation; scoring: every event).

@@ -18,7 +18,7 @@ import pyarrow as pa
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
-from interest.tasks.base import ragged
+from interest.common.events import ragged
 
 log = logging.getLogger(__name__)
 TAG_SOURCES = ("levels", "tokens", "whole")

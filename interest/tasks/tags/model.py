@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from interest.tasks.sequence.model import N_BEHAVIORS
+from interest.schemas import N_BEHAVIORS
 from interest.text.encoder import mean_pool
 
 

@@ -14,7 +14,6 @@ hashed into train / valid / test.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
@@ -27,9 +26,9 @@ import torch.nn.functional as F
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
+from interest.common.events import training_steps, windows
 from interest.evaluate.metrics import multilabel_sums
-from interest.tasks.base import Meta, Task, TrainConfig, load_meta, training_steps, uniform_hash
-from interest.tasks.sequence.task import windows
+from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash
 from interest.tasks.tags import labels as L
 from interest.tasks.tags.model import CachedTagModel, FinetuneTagModel, TagModelConfig
 from interest.text import encoder as E
@@ -126,6 +125,8 @@ class TagsTask(Task):
     name = "tags"
     config_cls = TagsConfig
     validate_initial = True  # the untrained head ranks as "the user's own tags" (see model._Head)
+    evaluation = "tags"
+    K = K  # P@K and R@K, in validation and evaluation
 
     def load_meta(self, cfg: TagsConfig, prepared: str) -> Meta:
         meta = load_meta(prepared)
@@ -352,48 +353,3 @@ class TagsTask(Task):
                 out["probability"].append(float(probs[b, top[b, j]]))
                 out["evidence"].append([item_ids[ex.items[b, t] - 1] for t in positions])
         return pa.table(out, schema=S.TAG_SCORES)
-
-    @torch.no_grad()
-    def evaluate(self, model, cfg: TagsConfig, meta: Meta, prepared: str, *, protocol=None,
-                 baselines: tuple[str, ...] = (), batch_size: int = 256) -> dict[str, Any]:
-        """Test-window P@5, R@5 and mAP of the model, tag popularity and the user's own
-        most frequent tags so far, over the same users; and users scored per second."""
-        import ray.data
-
-        from interest.evaluate.harness import read_events  # the harness imports the task registry
-
-        split = getattr(protocol, "split", "test")
-        tags: L.TagSpace = meta.extra["tags"]
-        # Tag popularity: behaviour-weighted over every event before the targets.
-        ev = read_events(prepared, [S.ITEM_IDX, S.BEHAVIOR], (0, 1) if split == "test" else (0,))
-        weights = np.asarray(cfg.behavior_weights, np.float32)
-        popularity = tags.matrix(np.zeros(len(ev[S.ITEM_IDX]), np.int64), ev[S.ITEM_IDX],
-                                 weights[ev[S.BEHAVIOR].astype(np.int64)], 1)[0]
-        popularity = popularity / max(float(popularity.max()), 1.0)
-        methods = ("model", "popularity", "history")
-        sums = {m: {f"p@{K}": 0.0, f"r@{K}": 0.0, "map": 0.0, "users": 0} for m in methods}
-        model_s, users = 0.0, 0
-        ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(self.train_columns())
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            users += len(batch[S.USER_IDX])
-            ex = self.examples(batch, cfg, meta, split)
-            if ex is None:
-                continue
-            start = time.perf_counter()
-            logits, _ = self.forward(model, ex, cfg, meta, torch.device("cpu"))
-            model_s += time.perf_counter() - start
-            scored = {"model": logits.numpy(), "popularity": np.broadcast_to(popularity, ex.target.shape),
-                      "history": ex.prior[:, 0] + 1e-3 * popularity}  # the user's own tags, the rest by popularity
-            for m in methods:
-                for key, v in multilabel_sums(scored[m], ex.target > 0, K).items():
-                    sums[m][key] += v
-        results: dict[str, Any] = {"protocol": {"split": split, "target": "tags of the later window"
-                                                if meta.extra.get("labels") is None else "supplied labels",
-                                                "ranking": "every tag", "k": K}}
-        for m in methods:
-            results[m] = self.metrics_from_sums(sums[m])
-        results["model"]["users_per_s"] = round(results["model"]["users"] / max(model_s, 1e-9), 1)
-        results["tags"] = tags.report
-        results["users"] = {"read": users, "with_labels": int(sums["model"]["users"]),
-                            "without_labels": users - int(sums["model"]["users"])}
-        return results

@@ -11,9 +11,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interest.evaluate.metrics import seen_pairs
-
 CHUNK = 1 << 16
+
+
+def seen_pairs(seen: list[np.ndarray], device="cpu") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(row, item) index tensors of the items to mask, one row per history in ``seen``."""
+    lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
+    if lengths.sum() == 0:
+        return None, None
+    rows = np.repeat(np.arange(len(seen)), lengths)
+    return (torch.as_tensor(rows, device=device),
+            torch.as_tensor(np.concatenate(seen).astype(np.int64), device=device))
 
 
 @torch.no_grad()
