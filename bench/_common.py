@@ -119,6 +119,15 @@ def epoch_train_seconds(log: Path) -> list[float]:
     return [found[k] for k in sorted(found)]
 
 
+def worker_peak_mb(run: Path) -> list[int]:
+    """Each training worker's peak memory over the run's epochs, in MB, as the workers
+    measured it (their resident sets; the training loop logs it with every epoch)."""
+    from interest.train import checkpoint as ckpt
+
+    peaks = ckpt.load_state(ckpt.latest_checkpoint(str(run))).get("peak_mb") or []
+    return [round(max(worker)) for worker in zip(*peaks)]
+
+
 def last_json(log: Path) -> dict:
     """The last JSON line a job printed (Ray's own processes may log after it)."""
     return json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith("{")))

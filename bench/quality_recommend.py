@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_dataset_args, add_task_args, embed_items, emit_json, epoch_train_seconds,  # noqa: E402
-                     last_json, precision, prepared_dataset, print_table, run_measured, work_folder)
+                     last_json, precision, prepared_dataset, print_table, run_measured, work_folder,
+                     worker_peak_mb)
 
 METHODS = ("model", "popularity", "itemknn", "ease")
 # Per-file settings, before --set (which overrides them). 54,542 items and 40,226 users:
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
          "--num-workers", str(args.num_workers), *[x for o in sets for x in ("--set", o)]],
         env={"PYTHONUNBUFFERED": "1"}, log=work / "train.log")
     final = last_json(work / "train.log")
-    eval_s, _ = run_measured([py, "-m", "interest.cli", "evaluate", "--task", "recommend", "--run", str(run),
-                              "--data", str(prepared), "--baselines", args.baselines], log=work / "evaluate.log")
+    eval_s, eval_mb = run_measured([py, "-m", "interest.cli", "evaluate", "--task", "recommend", "--run", str(run),
+                                    "--data", str(prepared), "--baselines", args.baselines], log=work / "evaluate.log")
     results = json.loads((run / "metrics_test.json").read_text())
     rows, figures = [], {"dataset": name, "text": text, "protocol": results["protocol"], "settings": sets}
     for method in METHODS:
@@ -95,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                      for k in ("model", "favourite_category")])
         figures["cold_start"] = cold
     epochs = int(final.get("epoch", 0)) + 1
+    workers = worker_peak_mb(run)
     epoch_s = epoch_train_seconds(work / "train.log")
     print(f"\ntraining: {train_s:.0f} s wall, {epochs} epochs (best {final.get('best_epoch', 0) + 1}), training part "
-          f"per epoch {sum(epoch_s) / max(len(epoch_s), 1):.1f} s, peak memory {train_mb:.0f} MB; "
-          f"evaluation with baselines {eval_s:.0f} s")
-    figures.update(train_s=round(train_s, 1), epochs=epochs, evaluate_s=round(eval_s, 1), peak_mb=round(train_mb))
+          f"per epoch {sum(epoch_s) / max(len(epoch_s), 1):.1f} s, peak memory {train_mb:.0f} MB (process tree), "
+          f"per worker {' / '.join(f'{x:,}' for x in workers)} MB; evaluation with baselines {eval_s:.0f} s, "
+          f"peak memory {eval_mb:.0f} MB (process tree)")
+    figures.update(train_s=round(train_s, 1), epochs=epochs, evaluate_s=round(eval_s, 1), peak_mb=round(train_mb),
+                   worker_peak_mb=workers, evaluate_peak_mb=round(eval_mb))
     emit_json(figures)
     return 0
 

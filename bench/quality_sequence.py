@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_dataset_args, add_task_args, embed_items, emit_json, epoch_train_seconds,  # noqa: E402
-                     last_json, precision, prepared_dataset, print_table, run_measured, work_folder)
+                     last_json, precision, prepared_dataset, print_table, run_measured, work_folder,
+                     worker_peak_mb)
 
 from ray_jobs.evaluate import METHODS  # noqa: E402
 
@@ -79,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                                       "--cpus-per-worker", str(args.cpus_per_worker), *sets],
                                      env={"PYTHONUNBUFFERED": "1"}, log=work / "train.log")
     final = last_json(work / "train.log")
+    workers = worker_peak_mb(run)
     epochs = int(final["epoch"]) + 1
     epoch_s = epoch_train_seconds(work / "train.log")
     median_epoch_s = float(np.median(epoch_s)) if epoch_s else None
-    run_measured([py, "-m", "interest.cli", "evaluate", "--run", str(run), "--data", str(prepared),
-                  "--baselines", args.baselines or baselines], log=work / "evaluate.log")
+    eval_s, eval_mb = run_measured([py, "-m", "interest.cli", "evaluate", "--run", str(run), "--data", str(prepared),
+                                    "--baselines", args.baselines or baselines], log=work / "evaluate.log")
     results = json.loads((run / "metrics_test.json").read_text())
     rows = []
     for method in METHODS:
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["method", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "chosen on valid"], rows)
     print(f"\nsettings: {' '.join(sets[1::2])}")
     print(f"training: {train_s:.0f} s wall for {epochs} epochs ({train_s / epochs:.1f} s per epoch including "
-          f"start-up and validation), best epoch {final.get('best_epoch')}, peak memory {train_mb:.0f} MB")
+          f"start-up and validation), best epoch {final.get('best_epoch')}, peak memory {train_mb:.0f} MB "
+          f"(process tree); per worker {' / '.join(f'{x:,}' for x in workers)} MB")
+    print(f"evaluation with baselines: {eval_s:.0f} s, peak memory {eval_mb:.0f} MB (process tree)")
     if median_epoch_s is not None:
         peer = PEER_EPOCH_S.get(name)
         print(f"training part of an epoch: median {median_epoch_s:.1f} s (min {min(epoch_s):.1f}, max "
@@ -110,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                                         if peer else ""))
     figures = {"dataset": name, "model": results["model"], "popularity": results["popularity"],
                "train_s": round(train_s, 1), "epochs": epochs, "s_per_epoch": round(train_s / epochs, 2),
+               "peak_mb": round(train_mb), "worker_peak_mb": workers, "evaluate_s": round(eval_s, 1),
+               "evaluate_peak_mb": round(eval_mb),
                "epoch_train_s": median_epoch_s,
                "protocol": p, "settings": sets[1::2]}
     figures.update({m: results[m] for m in METHODS[2:] if m in results})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_dataset_args, add_task_args, embed_items, emit_json, last_json, precision,  # noqa: E402
-                     prepared_dataset, print_table, run_measured, work_folder)
+                     prepared_dataset, print_table, run_measured, work_folder, worker_peak_mb)
 
 # How each dataset's item categories become tags (the choices).
 TAGS = {
@@ -96,22 +96,25 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads((run / "metrics_test.json").read_text())
         results[mode] = r
         m = r["model"]
+        workers = worker_peak_mb(run)
         rows.append([mode, f"{m['p@5']:.4f}", f"{m['r@5']:.4f}", f"{m['map']:.4f}", f"{m['users_per_s']:,.0f}",
-                     f"{train_s:.0f}", int(final["epoch"]) + 1])
+                     f"{train_s:.0f}", int(final["epoch"]) + 1, " / ".join(f"{x:,}" for x in workers)])
         figures[mode] = {"p@5": m["p@5"], "r@5": m["r@5"], "map": m["map"], "users_per_s": m["users_per_s"],
-                         "train_s": round(train_s, 1), "epochs": int(final["epoch"]) + 1, "peak_mb": round(train_mb)}
+                         "train_s": round(train_s, 1), "epochs": int(final["epoch"]) + 1, "peak_mb": round(train_mb),
+                         "worker_peak_mb": workers}
     first = next(iter(results.values()))
     for baseline in ("popularity", "history"):
         b = first[baseline]
-        rows.append([baseline, f"{b['p@5']:.4f}", f"{b['r@5']:.4f}", f"{b['map']:.4f}", "", "", ""])
+        rows.append([baseline, f"{b['p@5']:.4f}", f"{b['r@5']:.4f}", f"{b['map']:.4f}", "", "", "", ""])
         figures[baseline] = {"p@5": b["p@5"], "r@5": b["r@5"], "map": b["map"]}
     if raw is not None:  # the generator's truth: what the target above the history baseline can be measured against
         g = figures["ground_truth"] = ground_truth_ranking(prepared, raw)
-        rows.append(["planted interests (truth)", f"{g['p@5']:.4f}", f"{g['r@5']:.4f}", f"{g['map']:.4f}", "", "", ""])
+        rows.append(["planted interests (truth)", f"{g['p@5']:.4f}", f"{g['r@5']:.4f}", f"{g['map']:.4f}", "", "", "",
+                     ""])
     u = first["users"]
     print(f"\n{name}: tags of each user's test window, every tag ranked; {first['tags']['tags']} tags, "
           f"{u['with_labels']:,} users with labels ({u['without_labels']:,} without)")
-    print_table(["method", "P@5", "R@5", "mAP", "users/s", "train s", "epochs"], rows)
+    print_table(["method", "P@5", "R@5", "mAP", "users/s", "train s", "epochs", "peak MB per worker"], rows)
     history = first["history"]["map"]
     for mode in results:
         gain = results[mode]["model"]["map"] / history - 1 if history else float("nan")

@@ -176,3 +176,83 @@ def test_mode_learns_planted_tags_and_scores_with_evidence(planted, mode, epochs
     for r in rows:  # evidence: items of the user's history that carry the tag
         assert all(names[int(e[1:].split("i")[0])] == r[S.TAG] for e in r["evidence"])
     assert any(r["evidence"] for r in rows)
+
+
+def _planted_cfg(planted, mode: str, **train) -> dict:
+    return {"mode": mode, "embeddings": str(planted["store"]), "encoder": str(planted["encoder"]),
+            "tag_source": "whole", "valid_share": 0.2, "model": {"dropout": 0.0},
+            "train": {"batch_size": 32, "refit": 0, **train}}
+
+
+def test_a_step_that_cannot_fit_its_memory_fails_before_training(planted):
+    """Issue 20: finetune workers grew to 10 GB and were killed at epoch 4; a run whose
+    settings cannot fit now fails on the driver, saying what to lower."""
+    from interest.train.loop import check, fit
+
+    cfg = _planted_cfg(planted, "finetune", memory_mb=1)
+    with pytest.raises(ConfigError, match=r"one user's training activations need about .* MB \(text_max_length=128 "
+                                          r"tokens .*\), more than train.memory_mb=1: raise train.memory_mb"):
+        check("tags", str(planted["prepared"]), cfg, 2)
+    cfg = _planted_cfg(planted, "finetune", memory_mb=10 ** 8, batch_size=10 ** 6)  # a million users a step
+    with pytest.raises(ConfigError, match="lower train.memory_mb or --num-workers"):
+        fit("tags", str(planted["prepared"]), str(planted["root"] / "run_too_big"), cfg, num_workers=2)
+
+
+@pytest.mark.parametrize("mode", ["cached", "finetune"])
+def test_micro_batches_sum_to_the_whole_batch_gradient(planted, mode):
+    """A step of 32 users in micro-batches (train.memory_mb below the batch's estimate)
+    accumulates the gradient of the whole batch's mean loss."""
+    import torch
+
+    from interest.tasks.tags.task import TagsTask
+    from interest.train.loop import micro_batch, summed_gradients
+
+    task = TagsTask()
+    cfg = C.from_dict(TagsConfig, _planted_cfg(planted, mode, memory_mb=1 if mode == "cached" else 8))
+    meta = task.load_meta(cfg, str(planted["prepared"]))
+    micro = micro_batch(task, cfg, meta)
+    assert 1 < micro < 32
+    torch.manual_seed(0)
+    model = task.build_model(cfg, meta)
+    if mode == "finetune":
+        model.encoder.config.hidden_dropout_prob = model.encoder.config.attention_probs_dropout_prob = 0.0
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    table = pq.read_table(planted["prepared"] / "sequences", columns=task.train_columns()).slice(0, 32)
+    batch = {k: table.column(k).to_numpy(zero_copy_only=False) for k in task.train_columns()}
+    got = []
+    for size in (32, micro):
+        np.random.seed(1)  # the same random cuts of the users' histories
+        model.zero_grad(set_to_none=True)
+        flat, count, total = summed_gradients(task, model, batch, cfg, meta, torch.device("cpu"), size, params)
+        got.append((flat / count, count, total / count))
+    (whole, n_whole, loss_whole), (parts, n_parts, loss_parts) = got
+    assert n_whole == n_parts > 32 and loss_parts == pytest.approx(loss_whole, rel=1e-5)
+    assert whole.abs().max() > 0
+    torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_finetune_memory_per_worker_is_bounded_and_flat_over_epochs(planted):
+    """Issue 20: each finetune worker's peak rose from epoch to epoch. Measured in each
+    worker (its resident set's high-water mark, reset every epoch), the peaks of a
+    micro-batched finetune run stay under the run's own estimate and do not grow."""
+    from interest.tasks.tags.task import TagsTask
+    from interest.train import checkpoint as ckpt
+    from interest.train.loop import fit, worker_mb
+
+    cfg = _planted_cfg(planted, "finetune", memory_mb=4, epochs=4, patience=4, lr=0.003)
+    cfg["encoder_lr"] = 0.003
+    result = fit("tags", str(planted["prepared"]), str(planted["root"] / "run_memory"), cfg, num_workers=2)
+    assert result.error is None
+    peaks = np.asarray(ckpt.load_state(result.checkpoint.path)["peak_mb"])  # (epochs, workers)
+    assert peaks.shape == (4, 2) and result.metrics["peak_mb"] == peaks[-1].max()
+    task = TagsTask()
+    tcfg = C.from_dict(TagsConfig, cfg)
+    meta = task.load_meta(tcfg, str(planted["prepared"]))
+    ceiling = worker_mb(task, tcfg, meta, task.build_model(tcfg, meta))
+    assert (peaks < ceiling).all(), (peaks, ceiling)
+    # After the first epoch (which allocates what every later one reuses), no growth.
+    assert (peaks[2:] <= peaks[1] * 1.03 + 16).all(), peaks

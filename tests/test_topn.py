@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from interest.score.topn import top_n
+from interest.common.topn import top_n
 
 
 def test_chunked_top_n_matches_a_full_sort_and_never_returns_excluded_items():

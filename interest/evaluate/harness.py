@@ -148,8 +148,12 @@ def tuned_baseline(name: str, prepared: str, n_users: int, n_items: int, valid: 
         return metrics_from_ranks(r, KS).get("ndcg@10", 0.0)
 
     x = interaction_matrix(*user_items(prepared, (0,)), n_users, n_items)
-    value, fitted, searched = grid_search(name, lambda v: (lambda b: (ndcg(ranks(b, valid, (1.0,))[1.0]), b))(
-        factory(v).fit(x)), "ndcg@10")
+
+    def measure(value) -> tuple[float, Any]:
+        fitted = factory(value).fit(x)
+        return ndcg(ranks(fitted, valid, (1.0,))[1.0]), fitted
+
+    value, fitted, searched = grid_search(name, measure, "ndcg@10")
     weight = None
     if model_scores is not None:
         by_weight = ranks(fitted, valid, BLEND_WEIGHTS)  # every weight ranked in one pass over the users

@@ -52,6 +52,12 @@ class TrainConfig:
             accumulation), and the catalogue softmax's products in bfloat16. About 2x faster
             where the hardware has bfloat16 units (CPUs with AVX512-BF16 or AMX, recent
             GPUs); validation and scoring stay in float32.
+        memory_mb: budget of one training step's activations on each worker, in MB. A
+            batch whose users would need more (the task's estimate per user,
+            :meth:`Task.step_mb`) runs in micro-batches of the users that fit, their
+            gradients summed before one update: the same step, in bounded memory,
+            whatever ``batch_size``. Workers also ask Ray for this memory, so a run that
+            cannot fit fails before training instead of being killed in it.
     """
 
     epochs: int = 30
@@ -67,6 +73,7 @@ class TrainConfig:
     cache: bool = True
     refit: int = 0
     precision: str = "fp32"
+    memory_mb: int = 2048
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -83,6 +90,8 @@ class TrainConfig:
             raise ConfigError(f"train.refit must be >= 0, got {self.refit}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        if self.memory_mb < 1:
+            raise ConfigError(f"train.memory_mb must be >= 1, got {self.memory_mb}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -144,6 +153,12 @@ class Task:
         """Columns of the prepared ``sequences`` table the task reads."""
         return [S.USER_IDX, S.USER_ID, "items", "behaviors", "ts", "n_train", "n_valid", "n_test"]
 
+    def step_mb(self, cfg: Any, meta: Meta) -> tuple[float, str]:
+        """(MB of activations one row of a training batch, a user, adds to a training
+        step; what sets it, to name in an error). 0 where it is too small to matter: the
+        batch then runs whole. The loop cuts batches into micro-batches by it."""
+        return 0.0, ""
+
     def param_groups(self, model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
         """Optimizer parameter groups; a group without ``lr`` uses ``train.lr``."""
         return [{"params": list(model.parameters())}]
@@ -152,7 +167,8 @@ class Task:
              device: torch.device) -> tuple[torch.Tensor | None, dict[str, float]]:
         """(training loss, figures to log) of one batch: the model called once; or (None,
         {}) without calling it when the batch holds nothing to learn (the training loop
-        has the workers skip that step together)."""
+        has the workers skip that step together). The loss is a mean over examples, and
+        ``figures["examples"]`` says how many, so micro-batches add up to the batch's mean."""
         raise NotImplementedError
 
     def predict(self, model: nn.Module, batch: dict[str, np.ndarray], cfg: Any, device: torch.device,

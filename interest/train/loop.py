@@ -12,6 +12,7 @@ and checkpointed the same way.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -30,6 +31,11 @@ from interest import schemas as S
 from interest.tasks import get_task
 from interest.tasks.base import uniform_hash, unwrap
 from interest.train import checkpoint as ckpt
+from interest.train import memory
+
+# A training worker's memory beside its model, optimiser and activations: torch, Ray's
+# worker, the data blocks it iterates (measured: 0.9-1.3 GB for the tasks here).
+WORKER_BASE_MB = 1500
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,67 @@ def _allreduce(sums: dict[str, float], device: torch.device) -> dict[str, float]
     t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist()))
+
+
+def _allreduce_(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the workers, in place (unchanged on one worker)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _per_worker(value: float, rank: int, device: torch.device) -> list[float]:
+    """Every worker's ``value``, in rank order."""
+    import torch.distributed as dist
+
+    size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    t = torch.zeros(size, dtype=torch.float64, device=device)
+    t[rank] = value
+    return _allreduce_(t).tolist()
+
+
+def micro_batch(task, cfg: Any, meta) -> int:
+    """Users per forward and backward pass: the training batch, or as many users as fit
+    ``train.memory_mb`` by the task's estimate."""
+    row_mb, _ = task.step_mb(cfg, meta)
+    if row_mb <= 0:
+        return cfg.train.batch_size
+    return max(1, min(cfg.train.batch_size, int(cfg.train.memory_mb // row_mb)))
+
+
+def worker_mb(task, cfg: Any, meta, model: torch.nn.Module) -> float:
+    """What one training worker needs, in MB: weights, gradients and AdamW's two moments
+    (16 bytes a trained parameter, 4 a frozen one), a step's activations, and the process."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) + sum(
+        b.numel() for b in model.buffers())
+    row_mb, _ = task.step_mb(cfg, meta)
+    return (16 * trained + 4 * frozen) / 2 ** 20 + micro_batch(task, cfg, meta) * row_mb + WORKER_BASE_MB
+
+
+def summed_gradients(task, model: torch.nn.Module, batch: dict[str, np.ndarray], cfg: Any, meta, device: torch.device,
+                     micro: int, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, float, float]:
+    """(the gradients of the loss summed over the batch's examples, flattened over
+    ``params``; the examples; their summed loss), from micro-batches of ``micro`` users:
+    each backward adds loss x examples of its own, and no worker synchronises (DDP's
+    ``no_sync``), so memory holds one micro-batch's activations at a time."""
+    rows = len(batch[S.USER_IDX])
+    total, count = 0.0, 0.0
+    with getattr(model, "no_sync", contextlib.nullcontext)():
+        for lo in range(0, rows, micro):
+            sub = {k: v[lo:lo + micro] for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+                loss, figures = task.loss(model, sub, cfg, meta, device)
+            if loss is None:
+                continue
+            n = float(figures.get("examples", 1))
+            (loss * n).backward()
+            total, count = total + loss.item() * n, count + n
+    flat = torch.cat([torch.zeros(p.numel(), device=device) if p.grad is None else p.grad.reshape(-1).float()
+                      for p in params])
+    return flat, count, total
 
 
 def _valid(metrics: dict[str, float]) -> dict[str, float]:
@@ -136,7 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with restored.as_directory() as folder:
             state.update({k: v for k, v in ckpt.load_state(folder).items() if k in ("epoch", "best", "best_epoch",
                                                                                  "bad_epochs", "refit", "best_valid",
-                                                                                 "chosen")})
+                                                                                 "chosen", "peak_mb")})
             model.load_state_dict(ckpt.read_weights(folder))
             best = ckpt.read_weights(folder, ckpt.BEST)
             if ckpt.has_weights(folder, ckpt.PREREFIT):
@@ -170,6 +237,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model.register_forward_pre_hook(agree_to_step)
 
+    # Micro-batches: decided from the config, so every worker takes the same path.
+    micro = micro_batch(task, cfg, meta)
+    accumulate = micro < tc.batch_size
+    if accumulate and rank == 0:
+        row_mb, _ = task.step_mb(cfg, meta)
+        log.info("steps of %d users run in micro-batches of %d (about %.0f MB of activations each, "
+                 "train.memory_mb=%d)", tc.batch_size, micro, micro * row_mb, tc.memory_mb)
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def accumulated_step(batch: dict[str, np.ndarray]) -> float | None:
+        """One update from ``batch`` in micro-batches (:func:`summed_gradients`), then
+        one all-reduce of the gradient sums and example counts, and the update with the
+        mean over every worker's examples. The mean loss, or None when no worker had an
+        example (all skip the update together)."""
+        optimizer.zero_grad(set_to_none=True)
+        flat, count, total = summed_gradients(task, model, batch, cfg, meta, device, micro, trained)
+        sums = _allreduce_(torch.tensor([count, total], dtype=torch.float64, device=device))
+        if sums[0] == 0:
+            return None
+        _allreduce_(flat).div_(float(sums[0]))
+        at = 0
+        for p in trained:
+            p.grad = flat[at:at + p.numel()].view_as(p).to(p.dtype)
+            at += p.numel()
+        optimizer.step()
+        return float(sums[1] / sums[0])
+
     def train_epoch(epoch: int, with_valid: bool = False) -> tuple[float, int, float, float]:
         """One pass over this worker's shard -> (mean loss, steps, train s, of it waiting for
         data s); ``with_valid``: the validation events count as training events (refit)."""
@@ -189,6 +283,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if with_valid:  # every task reads its training events as the first n_train
                 batch = {**batch, "n_train": batch["n_train"] + batch["n_valid"],
                          "n_valid": np.zeros_like(batch["n_valid"])}
+            if accumulate:
+                loss = accumulated_step(batch)
+                if loss is None:
+                    skipped += 1
+                else:
+                    losses.append(loss)
+                continue
             step["pending"] = True
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
@@ -217,8 +318,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(report, checkpoint=checkpoint)
 
+    def peaks() -> list[float]:
+        """Every worker's peak memory (MB) since the last :func:`memory.reset_peak`."""
+        return [round(x) for x in _per_worker(memory.peak_mb(), rank, device)]
+
+    def memory_line(peak: list[float]) -> str:
+        gpu = memory.gpu_peak_mb()
+        return ("peak memory per worker " + ", ".join(f"{x:,.0f}" for x in peak) + " MB"
+                + (f" (GPU {gpu:,.0f} MB on worker 0)" if gpu is not None else ""))
+
+    state.setdefault("peak_mb", [])
     while state["epoch"] < tc.epochs and state["bad_epochs"] < tc.patience:
         epoch = state["epoch"]
+        memory.reset_peak()
         loss, steps, train_s, data_s = train_epoch(epoch)
         valid_start = time.perf_counter()
         metrics, value = validate(model)
@@ -230,14 +342,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:  # restored with the optimizer on resume
                 group["lr"] *= tc.plateau_decay
         state["epoch"] = epoch + 1
+        peak = peaks()  # training and validation: the epoch's peak on each worker
+        state["peak_mb"].append(peak)
         report = {**_valid(metrics), "epoch": epoch, "train_s": train_s,
                   "data_s": data_s, "valid_s": time.perf_counter() - valid_start, "loss": loss, "steps": steps,
-                  "best": state["best"], "best_epoch": state["best_epoch"]}
+                  "best": state["best"], "best_epoch": state["best_epoch"], "peak_mb": max(peak)}
         if rank == 0:  # one progress line per epoch; worker logs reach the driver's console
             log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f %s); train %.1f s (waiting for "
-                     "data %.1f s), validation %.1f s", epoch + 1, tc.epochs, loss, tc.metric, value,
+                     "data %.1f s), validation %.1f s; %s", epoch + 1, tc.epochs, loss, tc.metric, value,
                      state["best"], f"at epoch {state['best_epoch'] + 1}" if state["best_epoch"] >= 0 else
-                     "before training", train_s, data_s, report["valid_s"])
+                     "before training", train_s, data_s, report["valid_s"], memory_line(peak))
         save_and_report(report)
 
     if state["refit"] == 0:  # not resumed half-way through the refit: the best weights, to choose settings and refit
@@ -260,12 +374,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         prerefit = best
     while state["refit"] < tc.refit:
         done = state["refit"]
+        memory.reset_peak()
         loss, steps, train_s, data_s = train_epoch(state["epoch"] + done, with_valid=True)
         best = ckpt.weights(model)  # what evaluation and scoring load from now on
         state["refit"] = done + 1
+        peak = peaks()
+        state["peak_mb"].append(peak)
         if rank == 0:
-            log.info("refit %d/%d on training + validation events: loss %.4f; train %.1f s", done + 1,
-                     tc.refit, loss, train_s)
+            log.info("refit %d/%d on training + validation events: loss %.4f; train %.1f s; %s", done + 1,
+                     tc.refit, loss, train_s, memory_line(peak))
         # The best epoch's validation figures stand: the validation events are training data now.
         save_and_report({**state["best_valid"], "epoch": state["epoch"] - 1, "refit": done + 1, "train_s": train_s,
                          "data_s": data_s, "loss": loss, "steps": steps, "best": state["best"],
@@ -281,6 +398,10 @@ def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: 
         raise C.ConfigError(f"{prepared} has {meta.n_items} items; nothing to rank")
     if num_workers < 1 or cpus_per_worker < 1:
         raise C.ConfigError("--num-workers and --cpus-per-worker must be >= 1")
+    row_mb, what = task.step_mb(cfg, meta)
+    if row_mb > cfg.train.memory_mb:
+        raise C.ConfigError(f"one user's training activations need about {row_mb:,.0f} MB ({what}), more than "
+                            f"train.memory_mb={cfg.train.memory_mb}: raise train.memory_mb or lower what sets it")
     return task
 
 
@@ -301,6 +422,7 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
 
     Every check that can fail on the user's input runs here, before any worker starts.
     """
+    import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -310,6 +432,14 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     if task.closed_form(cfg) and num_workers > 1:
         log.info("%s fits in closed form on one worker (asked for %d)", task_name, num_workers)
         num_workers = 1
+    meta = task.load_meta(cfg, prepared)
+    need_mb = worker_mb(task, cfg, meta, task.build_model(cfg, meta))
+    have_mb = ray.cluster_resources().get("memory", math.inf) / 2 ** 20
+    if need_mb * num_workers > have_mb:
+        raise C.ConfigError(
+            f"{num_workers} training worker(s) need about {need_mb * num_workers:,.0f} MB ({need_mb:,.0f} each: model, "
+            f"optimiser, train.memory_mb={cfg.train.memory_mb} of activations and the process), and the Ray cluster "
+            f"has {have_mb:,.0f} MB: lower train.memory_mb or --num-workers, or use a larger cluster")
     # Workers do not share the driver's working directory; on a multi-node cluster the
     # prepared dataset must be on shared storage (s3://, NFS) anyway.
     prepared = prepared if io.is_s3(prepared) else os.path.abspath(prepared)
@@ -329,8 +459,10 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
         train_loop_config={"task": task_name, "cfg": C.to_dict(cfg), "prepared": prepared,
                            "log_level": logging.getLogger("interest").getEffectiveLevel(),
                            "threads": cpus_per_worker},
+        # Each worker holds the memory it needs, so Ray places no more workers on a node
+        # than fit there, instead of its memory monitor killing them mid-run.
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
+                                     resources_per_worker={"CPU": cpus_per_worker, "memory": need_mb * 2 ** 20}),
         datasets={"train": sequences, "valid": sequences},
         run_config=RunConfig(name=name, storage_path=parent,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

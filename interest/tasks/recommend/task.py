@@ -256,7 +256,7 @@ class RecommendTask(Task):
             counts = torch.as_tensor(meta.extra["train_counts"], dtype=torch.float32, device=device)
             log_q = torch.log(counts.clamp(min=1) / counts.sum().clamp(min=1))
             loss = sampled_softmax_loss(states, t, table[1:], log_q, cfg.negatives)
-        return loss, {"item_loss": loss.item()}
+        return loss, {"item_loss": loss.item(), "examples": len(rows)}
 
     @torch.no_grad()
     def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: RecommendConfig, meta: Meta, device,

@@ -163,7 +163,7 @@ class SequenceTask(Task):
             item_loss = sampled_softmax_loss(s, t_item, core.item_table()[1:], log_q, cfg.negatives)
         behavior_loss = F.cross_entropy(core.behavior_logits(s, torch.cat(lasts)), t_behavior)
         loss = item_loss + cfg.behavior_weight * behavior_loss
-        return loss, {"item_loss": item_loss.item(), "behavior_loss": behavior_loss.item()}
+        return loss, {"item_loss": item_loss.item(), "behavior_loss": behavior_loss.item(), "examples": len(s)}
 
     @torch.no_grad()
     def user_states(self, model, sub: dict[str, np.ndarray], ends: np.ndarray, cfg: SequenceConfig,

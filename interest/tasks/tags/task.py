@@ -57,6 +57,10 @@ class TagsConfig:
         text_max_length: tokens of rendered behaviour (``finetune``).
         encoder_lr: learning rate of the encoder's weights (``finetune``); the classifier
             and head use ``train.lr``.
+        activation_checkpointing: keep only each encoder layer's input in the forward
+            pass and rebuild its activations in the backward pass (``finetune``): about a
+            fifth of the memory (MiniLM at 128 tokens: ~6 MB a text instead of ~32), for
+            about a third more compute. ``train.memory_mb`` bounds a step either way.
         behavior_weights: label weight of view, click, fav, cart, buy.
         valid_share: share of users held out of training for validation.
         loss: ``softmax`` (listwise over tags: ranks a user's tags, what P@k and mAP
@@ -77,6 +81,7 @@ class TagsConfig:
     embeddings: str | None = None
     text_max_length: int = 128
     encoder_lr: float = 5e-5
+    activation_checkpointing: bool = True
     behavior_weights: list[float] = field(default_factory=lambda: list(L.BEHAVIOR_WEIGHTS))
     valid_share: float = 0.1
     loss: str = "softmax"
@@ -134,7 +139,7 @@ class TagsTask(Task):
             vectors, items = prepared_item_vectors(prepared, cfg.embeddings, cfg.encoder)
             meta.extra["vectors"] = torch.as_tensor(vectors)
         else:
-            E.resolve(cfg.encoder)  # a missing encoder fails here, on the driver
+            meta.extra["encoder_config"] = E.load_config(cfg.encoder)  # a missing encoder fails here, on the driver
             items = io.read_parquet(io.join(prepared, "items")).sort_by(S.ITEM_IDX)
             titles = items.column(S.TITLE).to_pylist() if S.TITLE in items.column_names else [None] * len(items)
             cats = items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names else [None] * len(items)
@@ -155,7 +160,22 @@ class TagsTask(Task):
             return CachedTagModel(tags.n_tags, PRIORS, meta.extra["popularity"], meta.extra["vectors"], cfg.model)
         _, tokenizer, encoder = E.load(cfg.encoder)
         meta.extra["tokenizer"] = tokenizer
+        if cfg.activation_checkpointing:
+            # Non-reentrant: works under DDP and with inputs that need no gradient.
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return FinetuneTagModel(tags.n_tags, PRIORS, meta.extra["popularity"], encoder.train(), cfg.model)
+
+    def step_mb(self, cfg: TagsConfig, meta: Meta) -> tuple[float, str]:
+        """A training user is up to two examples (its validation window and a random cut
+        of its own history, :meth:`examples`). ``finetune``: each renders to up to
+        ``text_max_length`` tokens through the encoder; ``cached``: label-wise attention,
+        (tags, events) and (tags, dim) per example."""
+        if cfg.mode == "finetune":
+            per_text = E.activation_mb(meta.extra["encoder_config"], cfg.text_max_length, cfg.activation_checkpointing)
+            return 2 * per_text, (f"text_max_length={cfg.text_max_length} tokens through the encoder, "
+                                  f"activation_checkpointing={str(cfg.activation_checkpointing).lower()}")
+        n, t, d = meta.extra["tags"].n_tags, cfg.model.max_len, cfg.model.dim
+        return 2 * 4 * (n * (3 * t + 3 * d) + 8 * t * d) / 2 ** 20, f"{n} tags x model.max_len={t} events"
 
     def param_groups(self, model, cfg: TagsConfig) -> list[dict[str, Any]]:
         if cfg.mode == "cached":
@@ -279,7 +299,7 @@ class TagsTask(Task):
             loss = F.binary_cross_entropy_with_logits(logits, target)
         else:  # listwise: the user's label weights as a distribution over tags
             loss = -(target / target.sum(1, keepdim=True) * torch.log_softmax(logits, 1)).sum(1).mean()
-        return loss, {cfg.loss: loss.item()}
+        return loss, {cfg.loss: loss.item(), "examples": len(ex.rows)}
 
     @torch.no_grad()
     def validate(self, model, batches: Iterable[dict[str, np.ndarray]], cfg: TagsConfig, meta: Meta, device,
