@@ -390,7 +390,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: int, cpus_per_worker: int = 1):
-    """Everything that can be wrong with a training request, checked on the driver."""
+    """Everything that can be wrong with a training request, checked on the driver;
+    returns the task, its config and the dataset's meta."""
     task = get_task(task_name)
     cfg = C.from_dict(task.config_cls, cfg_dict)  # unknown keys and bad types
     meta = task.load_meta(cfg, prepared)  # not a prepared dataset; the task's own inputs
@@ -402,7 +403,7 @@ def check(task_name: str, prepared: str, cfg_dict: dict[str, Any], num_workers: 
     if row_mb > cfg.train.memory_mb:
         raise C.ConfigError(f"one user's training activations need about {row_mb:,.0f} MB ({what}), more than "
                             f"train.memory_mb={cfg.train.memory_mb}: raise train.memory_mb or lower what sets it")
-    return task
+    return task, cfg, meta
 
 
 def absolute_paths(cfg: Any) -> None:
@@ -427,12 +428,10 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    task = check(task_name, prepared, cfg_dict, num_workers, cpus_per_worker)
-    cfg = C.from_dict(task.config_cls, cfg_dict)
+    task, cfg, meta = check(task_name, prepared, cfg_dict, num_workers, cpus_per_worker)
     if task.closed_form(cfg) and num_workers > 1:
         log.info("%s fits in closed form on one worker (asked for %d)", task_name, num_workers)
         num_workers = 1
-    meta = task.load_meta(cfg, prepared)
     need_mb = worker_mb(task, cfg, meta, task.build_model(cfg, meta))
     have_mb = ray.cluster_resources().get("memory", math.inf) / 2 ** 20
     if need_mb * num_workers > have_mb:

@@ -1,4 +1,4 @@
-"""A training process's memory: its peak since a reset, and what the machine has left.
+"""A training process's memory: its peak since a reset.
 
 The peak is the kernel's high-water mark of the process's resident set (``VmHWM``),
 which ``/proc/self/clear_refs`` resets: each epoch reports its own peak, so growth from
@@ -37,15 +37,3 @@ def peak_mb() -> float:
 
 def gpu_peak_mb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
-
-
-def available_mb() -> float | None:
-    """Memory the machine can still give (``MemAvailable``), in MB; None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
