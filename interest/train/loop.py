@@ -34,7 +34,9 @@ from interest.train import checkpoint as ckpt
 from interest.train import memory
 
 # A training worker's memory beside its model, optimiser and activations: torch, Ray's
-# worker, the data blocks it iterates (measured: 0.9-1.3 GB for the tasks here).
+# worker, the data blocks it iterates. Measured: 0.7-0.8 GB for a tags worker in cached
+# mode on REES46 (small model and activations); a finetune worker there peaked at 3.1 GB
+# where the estimate with this figure is 3.9 GB.
 WORKER_BASE_MB = 1500
 
 log = logging.getLogger(__name__)

@@ -61,7 +61,8 @@ class TagsConfig:
         activation_checkpointing: keep only each encoder layer's input in the forward
             pass and rebuild its activations in the backward pass (``finetune``): about a
             fifth of the memory (MiniLM at 128 tokens: ~6 MB a text instead of ~32), for
-            about a third more compute. ``train.memory_mb`` bounds a step either way.
+            one more forward pass of each layer (REES46: 128-139 s an epoch, where 133 s
+            was measured without it). ``train.memory_mb`` bounds a step either way.
         behavior_weights: label weight of view, click, fav, cart, buy.
         valid_share: share of users held out of training for validation.
         loss: ``softmax`` (listwise over tags: ranks a user's tags, what P@k and mAP
