@@ -598,8 +598,7 @@ def build_items(event_items: list[pa.Table], catalogue: pa.Table | None, source:
                      events_without_catalogue=int(pc.sum(pc.invert(pc.is_in(ev_ids, value_set=cat_ids))).as_py()
                                                   or 0))
     seen = pc.unique(pa.concat_arrays(known))
-    ids = pc.array_sort_indices(seen)
-    ids = seen.take(ids)
+    ids = seen.take(pc.array_sort_indices(seen))
     if base is not None:
         base = base.sort_by(S.ITEM_IDX)
         base_ids = base.column(S.ITEM_ID).combine_chunks()
