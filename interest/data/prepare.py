@@ -602,7 +602,7 @@ def build_items(event_items: list[pa.Table], catalogue: pa.Table | None, source:
     if base is not None:
         base = base.sort_by(S.ITEM_IDX)
         base_ids = base.column(S.ITEM_ID).combine_chunks()
-        if base.column(S.ITEM_IDX).to_numpy().tolist() != list(range(base.num_rows)):
+        if not np.array_equal(base.column(S.ITEM_IDX).to_numpy(), np.arange(base.num_rows)):
             raise InputError("the dataset to extend has gaps in its item indices; prepare it again")
         stats["kept_from_base"] = base.num_rows
         ids = pa.concat_arrays([base_ids, ids.filter(pc.invert(pc.is_in(ids, value_set=base_ids)))])

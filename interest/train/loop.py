@@ -46,25 +46,26 @@ class _SkipStep(Exception):
     """Raised as the model is called in a training step that another worker skips."""
 
 
-def _allreduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
-    """``sums`` added up over the workers (on ``device``: NCCL reduces GPU tensors only)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return sums
-    keys = sorted(sums)
-    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
 def _allreduce_(t: torch.Tensor) -> torch.Tensor:
-    """``t`` summed over the workers, in place (unchanged on one worker)."""
+    """``t`` summed over the workers, in place (unchanged on one worker; on GPU workers
+    ``t`` must be on the GPU: NCCL reduces GPU tensors only)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
+
+
+def _allreduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    """``sums`` added up over the workers."""
+    keys = sorted(sums)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
+    return dict(zip(keys, _allreduce_(t).tolist()))
+
+
+def _autocast(device: torch.device, cfg: Any):
+    """The training forward pass's precision (``train.precision``)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
 
 def _per_worker(value: float, rank: int, device: torch.device) -> list[float]:
@@ -107,7 +108,7 @@ def summed_gradients(task, model: torch.nn.Module, batch: dict[str, np.ndarray],
     with getattr(model, "no_sync", contextlib.nullcontext)():
         for lo in range(0, rows, micro):
             sub = {k: v[lo:lo + micro] for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+            with _autocast(device, cfg):
                 loss, figures = task.loss(model, sub, cfg, meta, device)
             if loss is None:
                 continue
@@ -294,7 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             step["pending"] = True
             try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+                with _autocast(device, cfg):
                     loss, _ = task.loss(model, batch, cfg, meta, device)
             except _SkipStep:
                 loss = None
