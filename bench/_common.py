@@ -81,20 +81,26 @@ def dataset_input(args) -> tuple[str, str, list[str]]:
     return str(path), fmt, overrides
 
 
-def prepared_dataset(args, work: Path, synthetic_split: str = "leave_last") -> tuple[Path, Path | None]:
+def prepared_dataset(args, work: Path, synthetic_split: str = "leave_last", *, split: list[str] | None = None,
+                     generate: list[str] | None = None) -> tuple[Path, Path | None]:
     """Prepare the chosen dataset once under ``work`` (reused by later runs); returns the
-    prepared folder and, for ``synthetic``, the generated raw folder."""
+    prepared folder and, for ``synthetic``, the generated raw folder. ``split``: prepare
+    overrides that replace the dataset's usual split; ``generate``: extra generator
+    settings of ``synthetic`` (``personas=0.8``)."""
     py = sys.executable
     prepared, raw = work / "prepared", None
     if args.dataset == "synthetic" and not args.data:
         raw = work / "raw"
         if not (raw / "items.parquet").exists():
             run_measured([py, "-m", "interest.cli", "generate", "--users", "5000", "--items", "3000", "--events",
-                          "200000", "--out", str(raw)], log=work / "generate.log")
+                          "200000", "--out", str(raw), *[x for o in generate or [] for x in ("--set", o)]],
+                         log=work / "generate.log")
         path, fmt, overrides, extra = str(raw / "events"), "events", [f"split.method={synthetic_split}"], [
             "--items", str(raw / "items.parquet")]
     else:
         (path, fmt, overrides), extra = dataset_input(args), []
+    if split is not None:
+        overrides = [o for o in overrides if not o.startswith("split.")] + split
     if not (prepared / "_SUCCESS").exists():
         sets = [x for o in overrides for x in ("--set", o)]
         run_measured([py, "-m", "interest.cli", "prepare", path, "--format", fmt, "--out", str(prepared),

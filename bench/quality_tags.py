@@ -41,7 +41,7 @@ def ground_truth_ranking(prepared: Path, raw: Path) -> dict:
     import pyarrow.parquet as pq
 
     from interest.evaluate.metrics import multilabel_sums
-    from interest.tasks.tags import labels as L
+    from interest.common import tags as L
 
     space = L.build(pq.read_table(prepared / "items"), source="levels", separator=".")
     index = {t: i for i, t in enumerate(space.tags)}

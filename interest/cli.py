@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import demo, embed_items, evaluate, generate, prepare, score, train
+from ray_jobs import demo, discover, embed_items, evaluate, generate, prepare, score, train
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
     "generate": (generate, "write a synthetic e-commerce log with planted interests"),
     "prepare": (prepare, "validate, deduplicate, index and split event logs on Ray Data"),
     "embed-items": (embed_items, "embed every item's text once with a transformers encoder"),
-    "train": (train, "train a task (sequence, tags) with Ray Train"),
+    "discover": (discover, "cluster item text vectors into candidate interest groups to name"),
+    "train": (train, "train a task (sequence, tags, recommend, zeroshot) with Ray Train"),
     "evaluate": (evaluate, "test metrics of a trained run beside baselines"),
     "score": (score, "score every user with a trained run, as Parquet"),
     "demo": (demo, "run the pipeline on built-in synthetic data and a local Ray"),

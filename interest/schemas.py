@@ -150,6 +150,7 @@ GROUND_TRUTH = pa.schema(
         pa.field("interests_early", pa.list_(pa.string()), nullable=False),
         pa.field("interests_late", pa.list_(pa.string()), nullable=False),
         pa.field("drift_at", TS_TYPE, nullable=False),
+        pa.field("persona", pa.string()),  # with SyntheticConfig.personas
     ]
 )
 TAXONOMY = pa.schema(
@@ -218,6 +219,44 @@ RECOMMENDATIONS = pa.schema(
         pa.field("rank", pa.int16(), nullable=False),
         pa.field(ITEM_ID, pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
+    ]
+)
+
+# Zero-shot interests (task `zeroshot`): every user's score for every new tag, ranked
+# within the user, with the history items closest to the tag; scores compare users
+# (a scaled cosine plus the user's bias), not probabilities.
+USER_ZEROSHOT = pa.schema(
+    [
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field("rank", pa.int16(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("evidence", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+# Each new tag's audience: its top users ranked across every user (a campaign's target list).
+TAG_AUDIENCES = pa.schema(
+    [
+        pa.field(TAG, pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+    ]
+)
+
+
+# Candidate interest groups (`interest discover`): the share of each group's items its best tag
+# carries, least covered first, and the items nearest its centroid, for a person to name.
+DISCOVERED_GROUPS = pa.schema(
+    [
+        pa.field("group", pa.int32(), nullable=False),
+        pa.field("items", pa.int32(), nullable=False),
+        pa.field("best_tag", pa.string()),
+        pa.field("coverage", pa.float32(), nullable=False),
+        pa.field("covered", pa.bool_(), nullable=False),
+        pa.field("typical_item_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("typical_titles", pa.list_(pa.string()), nullable=False),
     ]
 )
 

@@ -33,6 +33,8 @@ def print_table(results: dict) -> None:
         return print_tags_table(results)
     if results.get("task") == "recommend":
         return print_recommend_table(results)
+    if results.get("task") == "zeroshot":
+        return print_zeroshot_table(results)
     p = results["protocol"]
     print(f"\n{p['split']} metrics, {p['ranking']} ranking over every item, seen items "
           f"{'masked' if p['mask_seen'] else 'not masked'}, target = {p['target']} held-out event; ties count "
@@ -69,6 +71,23 @@ def print_recommend_table(results: dict) -> None:
     if cold:
         print(f"\ncold start: {cold['items']:,} items held out of training; {cold['protocol']}")
         _print_rows(cold, ("model", "favourite_category"), columns)
+
+
+def print_zeroshot_table(results: dict) -> None:
+    p = results["protocol"]
+    print(f"\n{len(results['tags'])} tags the model never saw, judged on the test window: {p['ranking']}; "
+          f"positives: {p['target']}; macro mean ± standard error over tags")
+    print(f"{'method':<24} {'AUC':>16} {'Recall@100':>18}")
+    for name in ("model", "text_match", "parent_share", "activity", "random"):
+        m = results.get(name)
+        if m and m["auc"] is not None:
+            se = [f" ± {m[k]:.4f}" if m.get(k) is not None else "" for k in ("auc_se", "recall@100_se")]
+            print(f"{name:<24} {m['auc']:>7.4f}{se[0]:>9} {m['recall@100']:>9.4f}{se[1]:>9}")
+    for kind, curve in results["few_shot"].items():
+        if curve:
+            print(f"model, text + example {kind}: " + ", ".join(f"{n}: {v:.4f}" for n, v in curve.items()))
+    for tag, why in results["skipped"].items():
+        print(f"skipped {tag}: {why}")
 
 
 def _print_rows(results: dict, methods, columns: dict[str, str], chosen: bool = False) -> None:

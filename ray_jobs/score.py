@@ -18,6 +18,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--top-k", type=int, default=10, help="rows per user")
     parser.add_argument("--concurrency", type=int, default=1, help="scoring actors")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--tags", default=None,
+                        help="task zeroshot: CSV or Parquet of new tags (tag, description, optionally "
+                             "example_item_ids, example_user_ids); writes user_zeroshot/ and tag_audiences/")
+    parser.add_argument("--audience", type=int, default=1000, help="task zeroshot: users per tag in tag_audiences")
     add_ray_args(parser)
     return parser
 
@@ -27,15 +31,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from interest.train.checkpoint import latest_checkpoint
+    from interest.config import ConfigError
     from interest.io import check_writable
     from interest.score.batch import score
+    from interest.tasks import get_task
+    from interest.tasks.zeroshot.newtags import read_for
+    from interest.train.checkpoint import latest_checkpoint, load_state
 
-    latest_checkpoint(args.run)  # fail before Ray starts
+    task = get_task(load_state(latest_checkpoint(args.run))["task"])  # fail before Ray starts
+    if task.scores_new_tags and not args.tags:
+        raise ConfigError(f"{args.run} is a {task.name} run: give --tags FILE of the new tags to score")
+    if args.tags:
+        read_for(args.tags, args.data)  # a malformed tags file fails here, naming its row
     check_writable(args.out, overwrite=args.overwrite)
     init_ray(args)
     report = score(args.run, args.data, args.out, top_k=args.top_k, concurrency=args.concurrency,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, tags=args.tags, audience=args.audience)
     print(f"{report['rows']:,} rows -> {args.out}")
     print(json.dumps(report))
     return 0

@@ -97,9 +97,14 @@ def s3_server():
     proc.wait(10)
 
 
-def build_tiny_encoder(folder: Path, corpus: list[str], hidden: int = 32) -> Path:
+def build_tiny_encoder(folder: Path, corpus: list[str], hidden: int = 32, bag_of_words: bool = False) -> Path:
     """A random 2-layer BERT and a WordPiece tokenizer whose vocabulary is ``corpus``'s
-    words and CJK characters, saved as a Hugging Face folder (nothing downloaded)."""
+    words and CJK characters, saved as a Hugging Face folder (nothing downloaded).
+
+    ``bag_of_words``: the layers' attention and feed-forward outputs and the position
+    embeddings are zeroed, so a mean-pooled vector is the mean of its tokens' random
+    embeddings: texts that share words get similar vectors, as with a trained encoder,
+    which tests of semantics (clusters, zero-shot transfer) need and random layers blur."""
     import re
 
     from transformers import BertConfig, BertModel, BertTokenizer
@@ -117,7 +122,16 @@ def build_tiny_encoder(folder: Path, corpus: list[str], hidden: int = 32) -> Pat
     import torch
 
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    model = BertModel(config)
+    if bag_of_words:
+        with torch.no_grad():
+            model.embeddings.position_embeddings.weight.zero_()
+            model.embeddings.token_type_embeddings.weight.zero_()
+            for layer in model.encoder.layer:
+                for dense in (layer.attention.output.dense, layer.output.dense):
+                    dense.weight.zero_()
+                    dense.bias.zero_()
+    model.save_pretrained(folder)
     return folder
 
 
@@ -154,3 +168,20 @@ def tiny_encoder(synthetic_small, tmp_path_factory) -> Path:
 
     corpus = item_texts(pq.read_table(synthetic_small / "items.parquet")) + list(BEHAVIORS)
     return build_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny-bert", corpus)
+
+
+@pytest.fixture(scope="session")
+def bow_store(prepared_small, synthetic_small, tmp_path_factory) -> tuple[Path, Path]:
+    """(encoder, item vector store) of ``prepared_small``'s items under a bag-of-words tiny
+    BERT (:func:`build_tiny_encoder`), whose vocabulary also covers the taxonomy's names."""
+    import pyarrow.parquet as pq
+
+    from interest.text.embed import EmbedConfig, embed_items
+    from interest.text.encoder import item_texts
+
+    root = tmp_path_factory.mktemp("bow")
+    names = pq.read_table(synthetic_small / "taxonomy.parquet").to_pydict()
+    corpus = item_texts(pq.read_table(synthetic_small / "items.parquet")) + names["name_en"] + names["name_zh"]
+    encoder = build_tiny_encoder(root / "encoder", corpus, hidden=64, bag_of_words=True)
+    embed_items(str(prepared_small), str(root / "store"), EmbedConfig(encoder=str(encoder)))
+    return encoder, root / "store"

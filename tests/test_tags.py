@@ -13,7 +13,7 @@ from conftest import prepare_planted
 from interest import config as C
 from interest import schemas as S
 from interest.config import ConfigError
-from interest.tasks.tags import labels as L
+from interest.common import tags as L
 from interest.tasks.tags.task import TagsConfig
 from interest.text import encoder as E
 
@@ -52,6 +52,12 @@ def test_tag_sources_and_taxonomy(tmp_path):
     pq.write_table(pa.table({"name": ["x"]}), taxonomy)
     with pytest.raises(S.SchemaError, match="required column 'tag' is missing"):
         L.build(items, taxonomy=str(taxonomy))
+    # Paths whose separators were lost: the levels are the catalogue's shorter categories.
+    lost = pa.table({S.ITEM_IDX: pa.array(range(4), pa.int32()),
+                     S.CATEGORY: ["Lab Glassware", "Lab Glassware Beakers", "Lab Tapes", "Lab Glass"]})
+    space = L.build(lost, source="prefixes")
+    assert [[space.tags[t] for t in space.of(i)] for i in range(4)] == [
+        ["Lab Glassware"], ["Lab Glassware", "Lab Glassware Beakers"], ["Lab Tapes"], ["Lab Glass"]]
 
 
 def test_tag_transitions_count_consecutive_events():

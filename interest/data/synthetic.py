@@ -9,6 +9,11 @@ recover the planted signal:
   Chinese), a price, and Zipf-like popularity within their category;
 - users with 1-3 latent interest categories; some users' interests drift: one interest
   is replaced by another at a point in their timeline (``drift_at``);
+- optionally (``personas``), correlated interests: each user has a persona (an outdoor
+  type, a home cook, a parent, ...: :data:`PERSONAS`, groups of related leaves across top
+  levels), and the user's interests lean toward the persona's leaves, as real shoppers'
+  do. By default interests are independent, and nothing learned about one category says
+  anything about another: zero-shot transfer needs the personas;
 - sessions: a session browses one category (an interest, or noise), each viewed item
   may be faved and carted, and a cart may become a purchase (a view -> cart -> buy funnel).
 """
@@ -65,6 +70,21 @@ COLORS = [("black", "黑色"), ("white", "白色"), ("red", "红色"), ("blue", 
 TOP_PRICE = {"electronics": 300.0, "apparel": 60.0, "home": 120.0, "beauty": 30.0, "sports": 80.0,
              "books": 20.0, "toys": 35.0, "food": 12.0}
 START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+# Personas (``SyntheticConfig.personas``): related leaves, across top levels, that one kind
+# of shopper buys together. Every leaf is in at least one.
+PERSONAS: dict[str, tuple[str, ...]] = {
+    "outdoor": ("sports.tent", "sports.bicycle", "apparel.jacket", "apparel.sneakers", "electronics.camera",
+                "food.snacks"),
+    "fitness": ("sports.yoga_mat", "sports.dumbbell", "apparel.sneakers", "electronics.headphones", "food.tea",
+                "beauty.shampoo"),
+    "home_cook": ("home.cookware", "books.cookbook", "food.coffee", "food.tea", "food.chocolate", "home.lamp"),
+    "parent": ("toys.lego", "toys.puzzle", "toys.doll", "books.comic", "home.bedding", "food.snacks"),
+    "tech": ("electronics.smartphone", "electronics.laptop", "electronics.headphones", "toys.rc_car",
+             "books.textbook", "electronics.camera"),
+    "style": ("apparel.dress", "apparel.handbag", "beauty.lipstick", "beauty.perfume", "beauty.skincare"),
+    "homemaker": ("home.sofa", "home.lamp", "home.bedding", "home.cookware", "books.novel"),
+    "student": ("books.textbook", "books.novel", "electronics.laptop", "food.coffee", "apparel.sneakers"),
+}
 
 
 def leaf_categories() -> list[tuple[str, str, str]]:
@@ -91,6 +111,11 @@ class SyntheticConfig:
         days: span of the log from 2024-01-01.
         noise: share of sessions that browse a random category instead of an interest.
         drift: share of users whose interests change during the log.
+        personas: chance that a user's first interest is one of their persona's leaves
+            (:data:`PERSONAS`; later ones lean there too, drawn without repeats with the
+            same odds per leaf), and that a noise session browses one of them; 0, the
+            default: independent interests and uniform noise, and the generator's output
+            is what it was before personas existed.
         zh_titles: share of items with Chinese titles.
         events_per_file: about this many events per file (bounds the generator's memory,
             and gives readers files to parallelise over).
@@ -104,6 +129,7 @@ class SyntheticConfig:
     days: int = 30
     noise: float = 0.1
     drift: float = 0.3
+    personas: float = 0.0
     zh_titles: float = 0.2
     events_per_file: int = 250_000
     format: str = "parquet"
@@ -117,6 +143,8 @@ class SyntheticConfig:
         for name in ("noise", "drift", "zh_titles"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must lie in [0, 1]")
+        if not 0 <= self.personas < 1:
+            raise ConfigError("personas must lie in [0, 1)")
         if self.format not in ("parquet", "csv"):
             raise ConfigError(f"format must be parquet or csv, got {self.format!r}")
 
@@ -184,7 +212,20 @@ class Users:
         n = cfg.users
         self.k = rng.choice([1, 2, 3], size=n, p=[0.3, 0.45, 0.25])
         # Interests without repeats: the first k of a random permutation of categories.
-        perm = np.argsort(rng.random((n, n_cat)), axis=1)
+        draw = rng.random((n, n_cat))
+        self.persona = None
+        if cfg.personas:
+            # A weighted permutation (Efraimidis-Spirakis: sort by u ** (1 / weight)), the
+            # persona's m leaves weighted so that the first pick is among them with
+            # probability p: m w / (m w + n_cat - m) = p.
+            leaves = [c for c, _, _ in leaf_categories()]
+            self.persona = rng.integers(0, len(PERSONAS), n)
+            member = np.array([[leaf in group for leaf in leaves] for group in PERSONAS.values()])  # (P, n_cat)
+            self.member = member
+            m = member.sum(1, keepdims=True)
+            weight = np.where(member, cfg.personas * (n_cat - m) / (m * (1 - cfg.personas)), 1.0)
+            draw = -draw ** (1.0 / weight[self.persona])
+        perm = np.argsort(draw, axis=1)
         self.early = perm[:, :3].copy()
         self.late = self.early.copy()
         self.drifts = rng.random(n) < cfg.drift
@@ -207,6 +248,7 @@ class Users:
             "interests_early": [[leaves[c] for c in self.early[u, : self.k[u]]] for u in has],
             "interests_late": [[leaves[c] for c in self.late[u, : self.k[u]]] for u in has],
             "drift_at": drift_at,
+            "persona": [None] * len(has) if self.persona is None else [list(PERSONAS)[p] for p in self.persona[has]],
         }, schema=S.GROUND_TRUTH)
 
 
@@ -234,6 +276,11 @@ def events_for(users: np.ndarray, u: Users, cat: Catalogue, cfg: SyntheticConfig
     s_cat = interests[np.arange(n_sess), np.minimum(pick, 2)]
     noisy = rng.random(n_sess) < cfg.noise
     s_cat[noisy] = rng.integers(0, cat.n_cat, noisy.sum())
+    if u.persona is not None:
+        # Exploring leans toward the persona too: a camper browses jackets before buying one.
+        lean = np.flatnonzero(noisy & (rng.random(n_sess) < cfg.personas))
+        member = u.member[u.persona[gu[lean]]]  # (n, n_cat)
+        s_cat[lean] = (rng.random(len(lean))[:, None] * member.sum(1, keepdims=True) >= np.cumsum(member, 1)).sum(1)
     item = cat.sample(s_cat[session], rng)
     # The funnel: every slot is a view (or a click), then maybe fav, cart, and buy after cart.
     fav = rng.random(n_slots) < 0.06

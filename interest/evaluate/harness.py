@@ -29,8 +29,9 @@ from interest.common.events import history_matrix, interaction_matrix, read_even
 from interest.common.topn import seen_pairs
 from interest.config import ConfigError
 from interest.evaluate.baselines import EASE, GRIDS, Popularity, grid_search
-from interest.evaluate.metrics import (Protocol, means_from_sums, metrics_from_ranks, multilabel_sums,
-                                      ranks_from_scores, top_k_sums)
+from interest.evaluate.metrics import (Protocol, auc, means_from_sums, metrics_from_ranks, multilabel_sums,
+                                      ranks_from_scores, recall_at, top_k_sums)
+from interest.tasks.zeroshot.task import prototype
 from interest.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -188,21 +189,7 @@ def behavior_metrics(c: Collected, majority: int) -> dict[str, dict[str, float]]
 def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     """One-vs-rest ROC AUC averaged over the classes present with both outcomes (ties count
     half); None when no class has both (a single behaviour type, as in order-only data)."""
-    aucs = []
-    for k in range(scores.shape[1]):
-        pos = y == k
-        if pos.all() or not pos.any():
-            continue
-        s = scores[:, k]
-        order = np.argsort(s, kind="mergesort")
-        ranks = np.empty(len(s))
-        sorted_s = s[order]
-        # average ranks over ties
-        _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-        avg = first + (counts - 1) / 2.0 + 1
-        ranks[order] = np.repeat(avg, counts)
-        n_pos, n_neg = pos.sum(), (~pos).sum()
-        aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    aucs = [a for k in range(scores.shape[1]) if (a := auc(scores[:, k], y == k)) is not None]
     return float(np.mean(aucs)) if aucs else None
 
 
@@ -355,11 +342,166 @@ def evaluate_tags(task, model, chooser, cfg, meta, prepared: str, protocol: Prot
     return results
 
 
+def tag_parents(tags: list[str], separator: str) -> dict[int, str]:
+    """Tag index -> its parent: the longest other tag that starts it, at a separator or a
+    space (category paths whose separators were lost, as in Amazon's "A B C" paths)."""
+    found = {}
+    for j, t in enumerate(tags):
+        ends = [p for p in tags if p != t and any(t.startswith(p + s) for s in (separator, " ") if s)]
+        if ends:
+            found[j] = max(ends, key=len)
+    return found
+
+
+def under(categories: list[str | None], parent: str, separator: str) -> np.ndarray:
+    """Items whose category is ``parent`` or lies under it."""
+    return np.array([bool(c) and (c == parent or any(c.startswith(parent + s) for s in (separator, " ") if s))
+                     for c in categories])
+
+
+@torch.no_grad()
+def evaluate_zeroshot(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
+                      baselines: tuple[str, ...] = (), batch_size: int = 1024, *, min_positives: int = 10,
+                      shots: tuple[int, ...] = (1, 5, 20), k: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Zero-shot quality on the run's held-out tags (``judge``, else ``holdout``): for each
+    tag, the users with test events who never touched it before are ranked by score; the
+    positives are those whose test events include it (users without an event before the
+    test, whom every method ties, are left out). Per-tag AUC and Recall@k for the
+    model from the tag's text alone, from text and ``shots`` example items or example
+    users (drawn at random, ``seed``: the users drawn are positives, left out of the
+    ranking, and drawn only where ``min_positives`` remain), and for the baselines:
+    random, activity (most events first), text match
+    (cosine of the user's mean history item vector with the tag's text vector, no
+    training) and the share of the user's events under the tag's parent, where tags are
+    paths. Tags with fewer than ``min_positives`` positives are skipped, and said so."""
+    import ray.data
+
+    judged = task.judged(cfg, meta)
+    if not len(judged):
+        raise ConfigError("nothing to judge: train with holdout=[TAG, ...] (or judge=[...]) to measure zero-shot "
+                          "quality on tags the model never saw")
+    tags = meta.extra["tags"]
+    vectors = meta.extra["vectors"]
+    parents = tag_parents(tags.tags, cfg.separator)
+    parent_items = {j: under(meta.extra["categories"], parents[j], cfg.separator) for j in judged if j in parents}
+    cols = {name: [] for name in ("users", "bias", "mean", "activity", "before", "after", "parent")}
+    ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
+    ones = np.ones(1, np.float32)
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        rows = np.flatnonzero(batch["n_test"] > 0)
+        if not len(rows):
+            continue
+        batch = {c: v[rows] for c, v in batch.items()}
+        users, bias, vis = task.test_users(model, batch, cfg, meta, torch.device("cpu"))
+        vis_ends = vis["n_train"].astype(np.int64) + vis["n_valid"]
+        has = vis_ends > 0  # a user with no history before the test is a tie for every method
+        if not has.any():
+            continue
+        rows, users, bias, vis_ends = rows[has], users[torch.as_tensor(has)], bias[torch.as_tensor(has)], vis_ends[has]
+        batch, vis = ({c: v[has] for c, v in b.items()} for b in (batch, vis))
+        ends = batch["n_train"].astype(np.int64) + batch["n_valid"]
+        history = [np.asarray(vis["items"][r][:vis_ends[r]], np.int64) for r in range(len(rows))]
+        full = [np.asarray(batch["items"][r], np.int64) for r in range(len(rows))]
+        n = len(rows)
+
+        def carries(lists):
+            lengths = [len(x) for x in lists]
+            flat = np.concatenate(lists) if sum(lengths) else np.zeros(0, np.int64)
+            return tags.matrix(np.repeat(np.arange(n), lengths), flat, np.ones(len(flat), np.float32), n,
+                               reduce="max")[:, judged] > 0
+
+        cols["before"].append(carries([f[:e] for f, e in zip(full, ends)]))
+        cols["after"].append(carries([f[e:] for f, e in zip(full, ends)]))
+        cols["users"].append(users.numpy())
+        cols["bias"].append(bias.numpy())
+        cols["activity"].append(vis_ends.astype(np.float64))
+        cols["mean"].append(np.stack([vectors[h].mean(0).numpy() if len(h) else np.zeros(vectors.shape[1], np.float32)
+                                      for h in history]))
+        cols["parent"].append(np.stack([[parent_items[j][h].mean() if j in parent_items and len(h) else 0.0
+                                         for j in judged] for h in history]).reshape(n, len(judged)))
+    got = {c: np.concatenate(v) for c, v in cols.items()}
+    core = model.module if hasattr(model, "module") else model
+    text = core.encode_text(meta.extra["tag_vectors"][judged])  # (J, D)
+    mean = got["mean"] / np.maximum(np.linalg.norm(got["mean"], axis=1, keepdims=True), 1e-9)
+    users, bias = torch.as_tensor(got["users"]), torch.as_tensor(got["bias"])
+    owner = np.repeat(np.arange(meta.n_items), np.diff(tags.indptr))
+    rng = np.random.default_rng(seed)
+    per_tag, skipped = {}, {}
+    for jj, j in enumerate(judged):
+        name = tags.tags[j]
+        eligible = ~got["before"][:, jj]
+        positive = got["after"][eligible, jj]
+        if positive.sum() < min_positives:
+            skipped[name] = f"{int(positive.sum())} positive users (needs {min_positives})"
+            continue
+        idx = np.flatnonzero(eligible)
+
+        def measured(scores, keep=None):
+            s, y = (scores, positive) if keep is None else (scores[keep], positive[keep])
+            return {"auc": auc(s, y), f"recall@{k}": recall_at(s, y, k)}
+
+        def model_scores(vector):
+            return core.logits(users[idx], bias[idx], vector[None]).squeeze(1).numpy()
+
+        row = {"users": int(len(idx)), "positives": int(positive.sum()),
+               "model": measured(model_scores(text[jj])),
+               "random": measured(rng.random(len(idx))),
+               "activity": measured(got["activity"][idx]),
+               "text_match": measured(mean[idx] @ meta.extra["tag_vectors"][j].numpy())}
+        if j in parent_items:
+            row["parent_share"] = measured(got["parent"][idx, jj])
+        items_of = owner[tags.indices == j]
+        fans = np.flatnonzero(positive)
+        row["few_shot"] = {"items": {}, "users": {}}
+        for n_shots in shots:
+            examples = vectors[rng.choice(items_of, min(n_shots, len(items_of)), replace=False)]
+            row["few_shot"]["items"][str(n_shots)] = measured(
+                model_scores(prototype(core, cfg, text[jj], examples, users[:0])))["auc"]
+            if n_shots + min_positives <= len(fans):  # enough positives left to rank after the seeds
+                seeds = rng.choice(fans, n_shots, replace=False)
+                keep = np.ones(len(idx), bool)
+                keep[seeds] = False
+                row["few_shot"]["users"][str(n_shots)] = measured(
+                    model_scores(prototype(core, cfg, text[jj], vectors[:0], users[idx[seeds]])), keep)["auc"]
+        per_tag[name] = row
+    results: dict[str, Any] = {
+        "protocol": {**protocol.as_dict(), "ranking": "users with events before and in the test window who never "
+                                                      "touched the tag before it",
+                     "target": "the tag among the user's test events", "min_positives": min_positives,
+                     "ties": "half (AUC); against the positives at the cut (recall)"},
+        "tags": per_tag, "skipped": skipped, "holdout": list(cfg.holdout), "judged": [tags.tags[j] for j in judged]}
+    results.update(summarize_zeroshot(list(per_tag.values()), k))
+    return results
+
+
+def summarize_zeroshot(rows: list[dict[str, Any]], k: int = 100) -> dict[str, Any]:
+    """Per-method mean and standard error over tags of per-tag figures (the rows of
+    :func:`evaluate_zeroshot`, pooled over folds by the bench), and the few-shot means."""
+    def mean_se(values):
+        v = np.array([x for x in values if x is not None], np.float64)
+        if not len(v):
+            return None, None
+        return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+
+    out: dict[str, Any] = {}
+    methods = dict.fromkeys(m for r in rows for m in r if isinstance(r[m], dict) and "auc" in r[m])
+    for m in methods:
+        have = [r[m] for r in rows if m in r]
+        a, a_se = mean_se(x["auc"] for x in have)
+        rc, rc_se = mean_se(x[f"recall@{k}"] for x in have)
+        out[m] = {"auc": a, "auc_se": a_se, f"recall@{k}": rc, f"recall@{k}_se": rc_se, "tags": len(have)}
+    out["few_shot"] = {kind: {n: mean_se(r["few_shot"][kind].get(n) for r in rows)[0]
+                              for n in dict.fromkeys(n for r in rows for n in r["few_shot"][kind])}
+                       for kind in ("items", "users")}
+    return out
+
+
 # How each task is measured (a task's ``evaluation``).
 PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
     "next_item": evaluate_next_item,
     "top_n": evaluate_top_n,
     "tags": evaluate_tags,
+    "zeroshot": evaluate_zeroshot,
 }
 
 

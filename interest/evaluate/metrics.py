@@ -206,3 +206,29 @@ def means_from_sums(sums: dict[str, float]) -> dict[str, float]:
     """Per-user means of metric sums that carry their ``users`` count."""
     n = max(sums.get("users", 0), 1)
     return {k: v / n for k, v in sums.items() if k != "users"} | {"users": int(sums.get("users", 0))}
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """ROC AUC of ``scores`` against the boolean ``positive``: the chance that a random
+    positive outscores a random negative, ties counting half (average ranks); None
+    without both outcomes."""
+    positive = np.asarray(positive, bool)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    _, first, counts = np.unique(np.asarray(scores)[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(order))
+    ranks[order] = np.repeat(first + (counts - 1) / 2.0 + 1, counts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def recall_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float | None:
+    """Share of the positives among the ``k`` best scores; ties at the cut count against
+    the positives (among equal scores the negatives come first). None without positives."""
+    positive = np.asarray(positive, bool)
+    if not positive.any():
+        return None
+    order = np.lexsort((positive, -np.asarray(scores)))
+    return float(positive[order[:k]].sum() / positive.sum())

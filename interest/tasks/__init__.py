@@ -5,11 +5,13 @@ from interest.tasks.base import Meta, Task, TrainConfig
 from interest.tasks.recommend.task import RecommendTask
 from interest.tasks.sequence.task import SequenceTask
 from interest.tasks.tags.task import TagsTask
+from interest.tasks.zeroshot.task import ZeroShotTask
 
 TASKS: dict[str, type[Task]] = {
     "sequence": SequenceTask,
     "tags": TagsTask,
     "recommend": RecommendTask,
+    "zeroshot": ZeroShotTask,
 }
 
 __all__ = ["TASKS", "Meta", "Task", "TrainConfig", "get_task"]

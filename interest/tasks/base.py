@@ -131,6 +131,8 @@ class Task:
     # How :mod:`interest.evaluate.harness` measures the task on the test split (a key of
     # its PROTOCOLS): the evaluator looks tasks up, a task never imports the evaluator.
     evaluation: ClassVar[str]
+    # Scoring reads a file of new tags (``interest score --tags``) into ``score_params``.
+    scores_new_tags: ClassVar[bool] = False
 
     def load_meta(self, cfg: Any, prepared: str) -> Meta:
         """Sizes of the prepared dataset, plus whatever else the task reads (runs on every worker)."""

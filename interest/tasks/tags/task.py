@@ -29,7 +29,7 @@ from interest.config import ConfigError
 from interest.common.events import training_steps, windows
 from interest.evaluate.metrics import multilabel_sums
 from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash
-from interest.tasks.tags import labels as L
+from interest.common import tags as L
 from interest.tasks.tags.model import CachedTagModel, FinetuneTagModel, TagModelConfig
 from interest.text import encoder as E
 from interest.text.embed import prepared_item_vectors

@@ -1,9 +1,13 @@
-"""The tag vocabulary, which items carry which tags, and users' tag labels.
+"""The tag vocabulary, which items carry which tags, and users' tag labels (tasks
+``tags`` and ``zeroshot``).
 
 Tags come from a taxonomy table (:data:`interest.schemas.TAGS`: a tag, its description
 and the item categories it covers) or are derived from the items' categories: every
 level of a path (``levels``: ``a``, ``a.b``, ``a.b.c``), every token (``tokens``:
-genres), or the category itself (``whole``).
+genres), the category itself (``whole``), or the category and every other category of
+the catalogue that starts it, word for word (``prefixes``: paths whose separators were
+lost, as Amazon's "Industrial & Scientific Lab Supplies Beakers", whose levels are the
+shorter paths other items carry).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from interest.config import ConfigError
 from interest.common.events import ragged
 
 log = logging.getLogger(__name__)
-TAG_SOURCES = ("levels", "tokens", "whole")
+TAG_SOURCES = ("levels", "tokens", "whole", "prefixes")
 # Label weight of each behaviour (schemas.BEHAVIORS order: view, click, fav, cart, buy).
 BEHAVIOR_WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -135,6 +139,15 @@ def build(items: pa.Table, *, taxonomy: str | None = None, source: str = "levels
             # An item carries a tag that covers its category or any ancestor of it.
             found = [t for prefix in derive_tags(cat, "levels", separator) for t in covers.get(prefix, [])]
             per_item.append(sorted(set(found)))
+    elif source == "prefixes":
+        known = set(filter(None, categories))
+        names = {}
+        for cat in categories:
+            words = (cat or "").split()
+            found = [p for p in (" ".join(words[:k]) for k in range(1, len(words) + 1)) if p in known]
+            per_item.append([names.setdefault(t, len(names)) for t in found])
+        tags = list(names)
+        descriptions = list(tags)
     else:
         names: dict[str, int] = {}
         for cat in categories:

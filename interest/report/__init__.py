@@ -1,0 +1,1 @@
+"""Reports of runs and benchmarks: plots (:mod:`interest.report.plots`)."""
