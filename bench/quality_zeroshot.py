@@ -28,12 +28,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_dataset_args, add_task_args, embed_items, emit_json, precision,  # noqa: E402
                      prepared_dataset, print_table, run_measured, work_folder)
 
+from interest.common import tags as L  # noqa: E402
 from interest.evaluate.harness import summarize_zeroshot  # noqa: E402
 from interest.report.plots import line_chart  # noqa: E402
 
@@ -86,6 +88,13 @@ def judgeable(prepared: Path, tag_sets: list[str], min_positives: int, max_share
                 for j, t in enumerate(space.tags)}
 
 
+def stats_users(prepared: Path) -> dict[str, int]:
+    """Users, and those with events both before and in the test window (the ones judged)."""
+    seqs = pq.read_table(prepared / "sequences", columns=["n_train", "n_valid", "n_test"]).to_pydict()
+    both = sum(1 for a, b, c in zip(seqs["n_train"], seqs["n_valid"], seqs["n_test"]) if a + b and c)
+    return {"users": len(seqs["n_test"]), "with_both": both}
+
+
 def train_and_evaluate(py: str, prepared: Path, run: Path, work: Path, cfg: dict, args) -> dict:
     """Train `zeroshot` with ``cfg`` (a YAML file: tag names may hold commas) and evaluate it."""
     shutil.rmtree(run, ignore_errors=True)
@@ -128,8 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     folds = [[ok[i] for i in order[f * size:(f + 1) * size]] for f in range(args.folds)]
     folds = [f for f in folds if f]
     if len(folds) < 3:
-        sys.exit(f"{len(ok)} judgeable categories (>= {args.min_positives} positive users, <= "
-                 f"{args.max_item_share:.0%} of items): too few for 3 folds; figures per category: {stats}")
+        top = sorted(stats.items(), key=lambda kv: -kv[1]["positives"])[:10]
+        users = stats_users(prepared)
+        print(f"{name}: {len(ok)} judgeable categories (>= {args.min_positives} users taking one up in the test "
+              f"window without touching it before, <= {args.max_item_share:.0%} of items) of {len(stats)}: too few "
+              f"for 3 folds. {users['with_both']:,} of {users['users']:,} users have events both before and in the "
+              "test window. Categories with the most such users:")
+        print_table(["category", "positive users", "share of items"],
+                    [[c, v["positives"], f"{v['item_share']:.3f}"] for c, v in top])
+        emit_json({"dataset": name, "judgeable": len(ok), "categories": len(stats), **users,
+                   "top_positives": {c: v["positives"] for c, v in top}})
+        return 1
     base = {"embeddings": str(store), **dict(s.split("=", 1) for s in tag_sets)}
     if args.encoder:
         base["encoder"] = args.encoder
@@ -159,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("items", "users"):
         for n, v in few[kind].items():
             if v is not None:
-                table.append([f"model, text + {n} example {kind}", f"{v:.4f}", "", ""])
+                judged_n = sum(n in r["few_shot"][kind] for r in rows)
+                table.append([f"model, text + {n} example {kind}", f"{v:.4f}", "", judged_n])
     users = int(np.mean([r["users"] for r in rows])) if rows else 0
     print(f"\n{name}: {len(rows)} held-out categories judged over {len(folds)} folds (about {users:,} users "
           f"ranked per category; {len(figures['skipped'])} skipped with < {args.min_positives} positives); "
@@ -195,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         title=f"{name}: zero- and few-shot AUC on held-out categories", xlabel="examples given",
         ylabel="mean AUC", levels={f"best baseline ({best})": b_auc, "ceiling (trained on them)": ceiling["auc"]},
         xticks=shots)
-    print(f"few-shot curve: {png}")
+    print(f"few-shot curve: {png} (example users: drawn from a category's positives, left out of its ranking, "
+          f"and only where {args.min_positives} positives remain: fewer categories as the examples grow)")
     figures.update(embed_s=embed["wall_s"], train_s=[r["train_s"] for r in results] + [oracle["train_s"]])
     emit_json(figures)
     return 0

@@ -15,7 +15,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--run", required=True, help="run folder written by `interest train`")
     parser.add_argument("--data", required=True, help="the prepared dataset whose users are scored")
     parser.add_argument("--out", required=True, help="output folder (local or s3://), published atomically")
-    parser.add_argument("--top-k", type=int, default=10, help="rows per user")
+    parser.add_argument("--top-k", type=int, default=10, help="rows per user (task zeroshot: one per new tag)")
     parser.add_argument("--concurrency", type=int, default=1, help="scoring actors")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--tags", default=None,

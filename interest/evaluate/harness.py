@@ -386,23 +386,22 @@ def evaluate_zeroshot(task, model, chooser, cfg, meta, prepared: str, protocol: 
     parent_items = {j: under(meta.extra["categories"], parents[j], cfg.separator) for j in judged if j in parents}
     cols = {name: [] for name in ("users", "bias", "mean", "activity", "before", "after", "parent")}
     ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
-    ones = np.ones(1, np.float32)
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        rows = np.flatnonzero(batch["n_test"] > 0)
-        if not len(rows):
+        tested = batch["n_test"] > 0
+        if not tested.any():
             continue
-        batch = {c: v[rows] for c, v in batch.items()}
+        batch = {c: v[tested] for c, v in batch.items()}
         users, bias, vis = task.test_users(model, batch, cfg, meta, torch.device("cpu"))
         vis_ends = vis["n_train"].astype(np.int64) + vis["n_valid"]
         has = vis_ends > 0  # a user with no history before the test is a tie for every method
         if not has.any():
             continue
-        rows, users, bias, vis_ends = rows[has], users[torch.as_tensor(has)], bias[torch.as_tensor(has)], vis_ends[has]
+        users, bias, vis_ends = users[torch.as_tensor(has)], bias[torch.as_tensor(has)], vis_ends[has]
         batch, vis = ({c: v[has] for c, v in b.items()} for b in (batch, vis))
         ends = batch["n_train"].astype(np.int64) + batch["n_valid"]
-        history = [np.asarray(vis["items"][r][:vis_ends[r]], np.int64) for r in range(len(rows))]
-        full = [np.asarray(batch["items"][r], np.int64) for r in range(len(rows))]
-        n = len(rows)
+        n = len(ends)
+        history = [np.asarray(vis["items"][r][:vis_ends[r]], np.int64) for r in range(n)]
+        full = [np.asarray(batch["items"][r], np.int64) for r in range(n)]
 
         def carries(lists):
             lengths = [len(x) for x in lists]
@@ -421,7 +420,7 @@ def evaluate_zeroshot(task, model, chooser, cfg, meta, prepared: str, protocol: 
                                          for j in judged] for h in history]).reshape(n, len(judged)))
     got = {c: np.concatenate(v) for c, v in cols.items()}
     core = model.module if hasattr(model, "module") else model
-    text = core.encode_text(meta.extra["tag_vectors"][judged])  # (J, D)
+    text = core.encode_text(meta.extra["tag_vectors"][judged])  # (J, H)
     mean = got["mean"] / np.maximum(np.linalg.norm(got["mean"], axis=1, keepdims=True), 1e-9)
     users, bias = torch.as_tensor(got["users"]), torch.as_tensor(got["bias"])
     owner = np.repeat(np.arange(meta.n_items), np.diff(tags.indptr))

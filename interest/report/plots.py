@@ -54,6 +54,6 @@ def line_chart(path: str, series: dict[str, tuple[Sequence[float], Sequence[floa
         ax.axhline(y, linestyle="--", linewidth=1, color=COLORS[(len(series) + j) % len(COLORS)], label=name)
     if xticks is not None:
         ax.set_xticks(list(xticks))
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="best")
     return _save(fig, path)
 
