@@ -245,7 +245,6 @@ TAG_AUDIENCES = pa.schema(
     ]
 )
 
-
 # Candidate interest groups (`interest discover`): the share of each group's items its best tag
 # carries, least covered first, and the items nearest its centroid, for a person to name.
 DISCOVERED_GROUPS = pa.schema(

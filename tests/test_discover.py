@@ -1,5 +1,6 @@
 """`interest discover`: spherical k-means finds planted blobs, groups of the synthetic
-catalogue's item vectors follow its leaf categories, and the command writes its table."""
+catalogue's item vectors follow its planted text (a leaf category, or a brand no tag
+names, listed first), and the command writes its table."""
 
 import numpy as np
 import pyarrow as pa

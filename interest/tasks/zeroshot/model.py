@@ -32,7 +32,7 @@ class ZeroShotModelConfig:
         facets: attention-pooled vectors per user (interests matched separately). On
             synthetic data with personas 1 and 4 measured alike (held-out AUC per fold
             .607 / .601 / .613 vs .607 / .601 / .612): a facet's query learns slowly
-            from zero. Kept at 4 for users with several interests.
+            from zero. Kept at 4: no measurement here favours either.
         dropout: on the history's event vectors while training.
         max_len: most recent events read.
     """

@@ -184,7 +184,7 @@ class ZeroShotTask(Task):
                           categories=items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names
                           else [None] * len(items))
         log.debug("zeroshot: %d tags to train on, %d held out (%d items' events hidden)", len(trained), len(held),
-                 blocked.sum())
+                  blocked.sum())
         return meta
 
     def build_model(self, cfg: ZeroShotConfig, meta: Meta) -> nn.Module:
@@ -213,8 +213,7 @@ class ZeroShotTask(Task):
         n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
         if phase == "score":
             ends = n_train + n_valid + n_test
-            rows = np.flatnonzero(ends >= 0)
-            window_ends = ends
+            rows, window_ends = np.arange(len(ends)), ends
         else:
             u = uniform_hash(batch[S.USER_IDX])
             in_phase = {"train": u >= cfg.valid_share, "valid": u < cfg.valid_share,
@@ -252,7 +251,7 @@ class ZeroShotTask(Task):
     @staticmethod
     def _users(model, ex: Examples, device) -> tuple[torch.Tensor, torch.Tensor]:
         return unwrap(model).encode_users(torch.as_tensor(ex.items, device=device),
-                                  torch.as_tensor(ex.behaviors, device=device))
+                                          torch.as_tensor(ex.behaviors, device=device))
 
     def loss(self, model, batch, cfg: ZeroShotConfig, meta: Meta, device):
         ex = self.examples(batch, cfg, meta, "train")
@@ -288,14 +287,14 @@ class ZeroShotTask(Task):
         """(scores, took up, eligible), each (users, len(tags)), of the users with a
         ``split`` window: eligible where the user had not touched the tag before it."""
         scores, positive, eligible = [], [], []
-        text = meta.extra["tag_vectors"][tags].to(device)
+        core = unwrap(model)
+        encoded = core.encode_text(meta.extra["tag_vectors"][tags].to(device))
         for batch in batches:
             ex = self.examples(batch, cfg, meta, split)
             if ex is None:
                 continue
             users, bias = self._users(model, ex, device)
-            core = unwrap(model)
-            scores.append(core.logits(users, bias, core.encode_text(text)).cpu().numpy())
+            scores.append(core.logits(users, bias, encoded).cpu().numpy())
             positive.append(ex.target[:, tags] > 0)
             eligible.append(~ex.before[:, tags])
         if not scores:
