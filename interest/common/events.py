@@ -77,6 +77,33 @@ def training_steps(prepared: str, column: str, through: str = "train") -> Iterat
         yield np.where(at > offsets[user], values[np.maximum(at - 1, 0)], -1), values[at]
 
 
+def future_windows(batch: dict[str, np.ndarray], phase: str, held_out: np.ndarray,
+                   require_history: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, ends, window ends) of the users of a batch of prepared sequences that have a
+    later window in ``phase``, the future-window protocol of tasks ``tags`` and
+    ``zeroshot``: a user reads events [0, end) and is asked about [end, window end).
+    ``train`` users (not ``held_out``) read their train split and are asked about their
+    validation events, and each with two or more training events is also cut at a random
+    point of the later half of its train split and asked about the rest of it (so every
+    user teaches, not only those active in the validation window); ``valid`` users
+    (``held_out``) read their train split, asked about the validation events; ``test``:
+    every user reads train + validation, asked about the test events. With
+    ``require_history`` a user must have read at least one event."""
+    n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
+    in_phase = {"train": ~held_out, "valid": held_out, "test": np.ones(len(n_train), bool)}[phase]
+    ends = n_train + (n_valid if phase == "test" else 0)
+    window_ends = ends + (n_test if phase == "test" else n_valid)
+    rows = np.flatnonzero(in_phase & (window_ends > ends) & ((ends > 0) | (not require_history)))
+    ends, window_ends = ends[rows], window_ends[rows]
+    if phase == "train":
+        cut = np.flatnonzero(in_phase & (n_train >= 2))
+        lo = np.ceil(n_train[cut] / 2).astype(np.int64)
+        rows = np.concatenate([rows, cut])
+        ends = np.concatenate([ends, lo + (np.random.random(len(cut)) * (n_train[cut] - lo)).astype(np.int64)])
+        window_ends = np.concatenate([window_ends, n_train[cut]])
+    return rows, ends, window_ends
+
+
 def windows(batch: dict[str, np.ndarray], ends: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
     """Left-padded (B, length) items+1, behaviours+1 and time gaps in seconds of each
     user's events [end-length, end) in a batch of prepared sequences."""

@@ -30,6 +30,16 @@ TAG_SOURCES = ("levels", "tokens", "whole", "prefixes")
 BEHAVIOR_WEIGHTS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
+def check_settings(tag_source: str, behavior_weights: list[float], valid_share: float) -> None:
+    """The settings tasks ``tags`` and ``zeroshot`` share, checked as their configs are built."""
+    if tag_source not in TAG_SOURCES:
+        raise ConfigError(f"tag_source must be one of {', '.join(TAG_SOURCES)}, got {tag_source!r}")
+    if len(behavior_weights) != len(S.BEHAVIORS):
+        raise ConfigError(f"behavior_weights needs {len(S.BEHAVIORS)} values ({', '.join(S.BEHAVIORS)})")
+    if not 0 < valid_share < 1:
+        raise ConfigError("valid_share must be between 0 and 1")
+
+
 @dataclass
 class TagSpace:
     """Tags and the CSR map item_idx -> tag indices (``indptr``, ``indices``)."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
-from interest.common.events import training_steps, windows
+from interest.common.events import future_windows, training_steps, windows
 from interest.evaluate.metrics import multilabel_sums
 from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash
 from interest.common import tags as L
@@ -93,12 +93,7 @@ class TagsConfig:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "cached" and not self.embeddings:
             raise ConfigError("mode=cached needs embeddings=STORE (run `interest embed-items` first)")
-        if self.tag_source not in L.TAG_SOURCES:
-            raise ConfigError(f"tag_source must be one of {', '.join(L.TAG_SOURCES)}, got {self.tag_source!r}")
-        if len(self.behavior_weights) != len(S.BEHAVIORS):
-            raise ConfigError(f"behavior_weights needs {len(S.BEHAVIORS)} values ({', '.join(S.BEHAVIORS)})")
-        if not 0 < self.valid_share < 1:
-            raise ConfigError("valid_share must be between 0 and 1")
+        L.check_settings(self.tag_source, self.behavior_weights, self.valid_share)
         if self.loss not in ("softmax", "bce"):
             raise ConfigError(f"loss must be softmax or bce, got {self.loss!r}")
 
@@ -216,18 +211,7 @@ class TagsTask(Task):
             rows = np.flatnonzero(in_phase & np.array([len(x) > 0 for x in label_lists]) & (ends > 0))
             ends, window_ends = ends[rows], ends[rows]
         else:
-            in_phase = {"train": u >= cfg.valid_share, "valid": u < cfg.valid_share,
-                        "test": np.ones(len(u), bool)}[phase]
-            ends = n_train + (n_valid if phase == "test" else 0)
-            window_ends = ends + (n_test if phase == "test" else n_valid)
-            rows = np.flatnonzero(in_phase & (window_ends > ends) & (ends > 0))
-            ends, window_ends = ends[rows], window_ends[rows]
-            if phase == "train":
-                cut = np.flatnonzero(in_phase & (n_train >= 2))
-                lo = np.ceil(n_train[cut] / 2).astype(np.int64)
-                rows = np.concatenate([rows, cut])
-                ends = np.concatenate([ends, lo + (np.random.random(len(cut)) * (n_train[cut] - lo)).astype(np.int64)])
-                window_ends = np.concatenate([window_ends, n_train[cut]])
+            rows, ends, window_ends = future_windows(batch, phase, u < cfg.valid_share)
         if not len(rows):
             return None
         sub = {k: v[rows] for k, v in batch.items()}

@@ -32,7 +32,7 @@ import torch.nn as nn
 from interest import io
 from interest import schemas as S
 from interest.common import tags as L
-from interest.common.events import windows
+from interest.common.events import future_windows, windows
 from interest.config import ConfigError
 from interest.evaluate.metrics import auc
 from interest.tasks.base import Meta, Task, TrainConfig, load_meta, uniform_hash, unwrap
@@ -98,12 +98,7 @@ class ZeroShotConfig:
     def __post_init__(self):
         if not self.embeddings:
             raise ConfigError("task zeroshot needs embeddings=STORE (run `interest embed-items` first)")
-        if self.tag_source not in L.TAG_SOURCES:
-            raise ConfigError(f"tag_source must be one of {', '.join(L.TAG_SOURCES)}, got {self.tag_source!r}")
-        if len(self.behavior_weights) != len(S.BEHAVIORS):
-            raise ConfigError(f"behavior_weights needs {len(S.BEHAVIORS)} values ({', '.join(S.BEHAVIORS)})")
-        if not 0 < self.valid_share < 1:
-            raise ConfigError("valid_share must be between 0 and 1")
+        L.check_settings(self.tag_source, self.behavior_weights, self.valid_share)
         if self.text_weight < 0:
             raise ConfigError("text_weight must be >= 0")
 
@@ -206,28 +201,16 @@ class ZeroShotTask(Task):
 
     def examples(self, batch: dict[str, np.ndarray], cfg: ZeroShotConfig, meta: Meta, phase: str) -> Examples | None:
         """Users of ``batch`` in ``phase`` (train, valid, test, score) with their history and
-        the tags of their later window; histories never hold ``holdout`` items. Training
-        also cuts each training user's train split at a random point, as ``tags`` does."""
+        the tags of their later window (:func:`interest.common.events.future_windows`, as
+        for ``tags``); histories never hold ``holdout`` items."""
         tags: L.TagSpace = meta.extra["tags"]
         batch = visible(batch, meta.extra["blocked"])
-        n_train, n_valid, n_test = (batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
         if phase == "score":
-            ends = n_train + n_valid + n_test
+            ends = sum(batch[c].astype(np.int64) for c in ("n_train", "n_valid", "n_test"))
             rows, window_ends = np.arange(len(ends)), ends
-        else:
-            u = uniform_hash(batch[S.USER_IDX])
-            in_phase = {"train": u >= cfg.valid_share, "valid": u < cfg.valid_share,
-                        "test": np.ones(len(u), bool)}[phase]
-            ends = n_train + (n_valid if phase == "test" else 0)
-            window_ends = ends + (n_test if phase == "test" else n_valid)
-            rows = np.flatnonzero(in_phase & (window_ends > ends) & ((ends > 0) | (phase != "train")))
-            ends, window_ends = ends[rows], window_ends[rows]
-            if phase == "train":
-                cut = np.flatnonzero(in_phase & (n_train >= 2))
-                lo = np.ceil(n_train[cut] / 2).astype(np.int64)
-                rows = np.concatenate([rows, cut])
-                ends = np.concatenate([ends, lo + (np.random.random(len(cut)) * (n_train[cut] - lo)).astype(np.int64)])
-                window_ends = np.concatenate([window_ends, n_train[cut]])
+        else:  # validation and test rank users with no history too, as new tags will
+            rows, ends, window_ends = future_windows(batch, phase, uniform_hash(batch[S.USER_IDX]) < cfg.valid_share,
+                                                     require_history=phase == "train")
         if not len(rows):
             return None
         sub = {k: v[rows] for k, v in batch.items()}
