@@ -43,6 +43,8 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run} is a {task.name} run: give --tags FILE of the new tags to score")
     if args.tags:
         read_for(args.tags, args.data)  # a malformed tags file fails here, naming its row
+    if args.audience < 1:
+        raise ConfigError(f"--audience must be >= 1 user per tag, got {args.audience}")
     check_writable(args.out, overwrite=args.overwrite)
     init_ray(args)
     report = score(args.run, args.data, args.out, top_k=args.top_k, concurrency=args.concurrency,

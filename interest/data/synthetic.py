@@ -213,15 +213,15 @@ class Users:
         self.k = rng.choice([1, 2, 3], size=n, p=[0.3, 0.45, 0.25])
         # Interests without repeats: the first k of a random permutation of categories.
         draw = rng.random((n, n_cat))
-        self.persona = None
+        self.persona = self.member = None  # each user's persona; which leaves each persona holds
         if cfg.personas:
             # A weighted permutation (Efraimidis-Spirakis: sort by u ** (1 / weight)), the
             # persona's m leaves weighted so that the first pick is among them with
             # probability p: m w / (m w + n_cat - m) = p.
             leaves = [c for c, _, _ in leaf_categories()]
             self.persona = rng.integers(0, len(PERSONAS), n)
-            member = np.array([[leaf in group for leaf in leaves] for group in PERSONAS.values()])  # (P, n_cat)
-            self.member = member
+            self.member = member = np.array([[leaf in group for leaf in leaves]
+                                             for group in PERSONAS.values()])  # (P, n_cat)
             m = member.sum(1, keepdims=True)
             weight = np.where(member, cfg.personas * (n_cat - m) / (m * (1 - cfg.personas)), 1.0)
             draw = -draw ** (1.0 / weight[self.persona])

@@ -82,6 +82,8 @@ def score(run: str, prepared: str, out: str, *, top_k: int = 10, concurrency: in
     if type(task).score is Task.score:
         raise ConfigError(f"task {task.name} has no batch scoring yet; it scores in `interest evaluate`")
     inputs = {}
+    if audience < 1:
+        raise ConfigError(f"audience must be >= 1 user per tag, got {audience}")
     if task.scores_new_tags:
         inputs = {"prepared": prepared, "new_tags": read_for(tags, prepared) if tags else None}
     elif tags:
