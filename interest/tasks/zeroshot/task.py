@@ -146,7 +146,7 @@ class Examples:
     items: np.ndarray  # (B, T) item_idx + 1, left-padded
     behaviors: np.ndarray  # (B, T) behaviour + 1
     target: np.ndarray  # (B, n_tags) label weights of the later window
-    before: np.ndarray  # (B, n_tags) the tag is among the history's
+    before: np.ndarray | None  # (B, n_tags) the tag is among the history's (valid, test only)
     next_item: np.ndarray  # (B,) a random item of the later window (-1: none)
 
 
@@ -225,7 +225,9 @@ class ZeroShotTask(Task):
                                weights[np.concatenate(ev_behaviors)], len(rows), reduce=reduce)
 
         target = tag_matrix(ends, window_ends, "max") if phase != "score" else np.zeros((len(rows), 0), np.float32)
-        before = tag_matrix(np.zeros(len(rows), np.int64), ends, "max") > 0
+        # Only validation asks what the history already held; training and scoring would
+        # spend a pass over every history event on it.
+        before = tag_matrix(np.zeros(len(rows), np.int64), ends, "max") > 0 if phase in ("valid", "test") else None
         at = ends + (np.random.random(len(rows)) * (window_ends - ends)).astype(np.int64)
         next_item = np.array([sub["items"][i][a] if a < e else -1 for i, (a, e) in enumerate(zip(at, window_ends))],
                              np.int64)
@@ -241,7 +243,7 @@ class ZeroShotTask(Task):
         trained = meta.extra["trained"]
         if ex is not None:
             keep = ex.target[:, trained].max(1) > 0  # windows without a training tag teach nothing
-            ex = Examples(*(x[keep] for x in (ex.rows, ex.items, ex.behaviors, ex.target, ex.before, ex.next_item)))
+            ex = Examples(ex.rows[keep], ex.items[keep], ex.behaviors[keep], ex.target[keep], None, ex.next_item[keep])
         if ex is None or len(ex.rows) < 2:
             return None, {}
         core = unwrap(model)
