@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.installed
 # On a machine without CUDA, pin the CPU build of torch: a plain `torch` requirement
 # pulls a multi-GB CUDA build. GPU machines keep pyproject's open range.
 TORCH_CPU := torch==2.13.0
-DEMO_DIR ?= demo_out
 
 .PHONY: install demo test bench clean
 
@@ -21,10 +20,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ray_jobs.demo --out $(DEMO_DIR)
+	$(BIN)/python -m ray_jobs.demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache

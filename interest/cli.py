@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import demo, discover, embed_items, evaluate, generate, prepare, score, train
+from ray_jobs import demo, discover, embed_items, evaluate, generate, pipeline, prepare, score, train, verify_output
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
+    "pipeline": (pipeline, "the nightly job: prepare, embed, train, evaluate, refit, score and publish every table"),
+    "verify-output": (verify_output, "check a day's warehouse partitions against their run manifest"),
     "generate": (generate, "write a synthetic e-commerce log with planted interests"),
     "prepare": (prepare, "validate, deduplicate, index and split event logs on Ray Data"),
     "embed-items": (embed_items, "embed every item's text once with a transformers encoder"),

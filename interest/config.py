@@ -65,6 +65,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
         return from_dict(tp, value, where=key + ".")
+    if origin is dict:
+        _, inner = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return {k: _coerce(inner, v if v is not None or not dataclasses.is_dataclass(inner) else {}, f"{key}.{k}")
+                for k, v in value.items()}
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):

@@ -260,6 +260,33 @@ DISCOVERED_GROUPS = pa.schema(
 )
 
 
+# The warehouse tables of `interest score` and `interest pipeline`: each task's rows plus a
+# `source` column saying what produced a row: "model", or the fallback a user the model
+# cannot score gets (interest.score.fallback), so every user has rows in every table.
+SOURCE = "source"
+
+
+def _with_source(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field(SOURCE, pa.string(), nullable=False))
+
+
+OUTPUTS: dict[str, pa.Schema] = {
+    "user_tags": _with_source(TAG_SCORES),
+    "user_recommendations": _with_source(RECOMMENDATIONS),
+    "user_next_actions": _with_source(NEXT_ACTIONS),
+    "user_zeroshot": _with_source(USER_ZEROSHOT),
+    "tag_audiences": _with_source(TAG_AUDIENCES),
+}
+# What makes a row unique within a table's partition (checked by `interest verify-output`).
+OUTPUT_KEYS: dict[str, tuple[str, ...]] = {
+    "user_tags": (USER_ID, "rank"),
+    "user_recommendations": (USER_ID, "rank"),
+    "user_next_actions": (USER_ID, "rank"),
+    "user_zeroshot": (USER_ID, "rank"),
+    "tag_audiences": (TAG, "rank"),
+}
+
+
 class SchemaError(ValueError):
     """A table does not match the schema it is declared to have."""
 

@@ -27,16 +27,23 @@ def add_ray_args(parser: argparse.ArgumentParser) -> None:
                             "starved by long-running workers)")
 
 
-def init_ray(args: argparse.Namespace) -> None:
+def init_ray(args: argparse.Namespace, quiet: bool = False) -> None:
+    """Join ``args.address`` or start a local Ray. ``quiet``: workers' output and Ray
+    Data's progress bars stay out of the console (they are in Ray's session logs)."""
     import ray
+    import ray.data
 
+    if quiet:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
     if ray.is_initialized():
         return
     if args.address:
-        ray.init(address=args.address, log_to_driver=True)
+        ray.init(address=args.address, log_to_driver=not quiet)
         return
     num_cpus = args.num_cpus or (os.cpu_count() or 1) + 2
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
              logging_level=logging.WARNING)
 
 

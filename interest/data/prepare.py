@@ -825,3 +825,27 @@ def load_report(prepared: str) -> dict[str, Any]:
         raise InputError(f"{prepared} was prepared in format {version}; this version of interest reads format "
                          f"{FORMAT_VERSION} ({FORMATS.get(FORMAT_VERSION)}). Run `interest prepare` again")
     return report
+
+
+def _event_counts(batch: pa.Table) -> pa.Table:
+    """(split, behaviour) -> events and newest timestamp, of one block of prepared events."""
+    return batch.group_by([S.SPLIT, S.BEHAVIOR]).aggregate([([], "count_all"), (S.TS, "max")])
+
+
+def event_summary(prepared: str) -> dict[str, Any]:
+    """Events per behaviour and the newest event of each split, in one distributed pass
+    over the prepared events (a per-block aggregate, then a few rows merged here)."""
+    import ray
+    import ray.data
+
+    fs, inner = io.filesystem(io.join(prepared, "events"))
+    parts = ray.data.read_parquet(inner, filesystem=fs, columns=[S.SPLIT, S.BEHAVIOR, S.TS]).map_batches(
+        _event_counts, batch_format="pyarrow").to_arrow_refs()
+    table = pa.concat_tables(ray.get(parts)) if parts else pa.table({})
+    behaviors, newest = {}, {}
+    for row in table.to_pylist():
+        name = S.BEHAVIORS[row[S.BEHAVIOR]]
+        behaviors[name] = behaviors.get(name, 0) + row["count_all"]
+        split = S.SPLITS[row[S.SPLIT]]
+        newest[split] = max(newest.get(split, row[f"{S.TS}_max"]), row[f"{S.TS}_max"])
+    return {"behaviors": behaviors, "newest": {k: v.isoformat() for k, v in newest.items()}}

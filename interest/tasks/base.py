@@ -52,6 +52,12 @@ class TrainConfig:
             accumulation), and the catalogue softmax's products in bfloat16. About 2x faster
             where the hardware has bfloat16 units (CPUs with AVX512-BF16 or AMX, recent
             GPUs); validation and scoring stay in float32.
+        events: ``split``: train on the training events, validate on the validation
+            events; ``all``: every event, the validation and test periods included, is
+            training data and nothing is validated: the last epoch's weights are the
+            result. The nightly pipeline's refit (``interest pipeline``) trains so, for a
+            fixed number of epochs from the weights its gated run chose, as the baselines
+            are refit on every event, so that published scores know yesterday's behaviour.
         memory_mb: budget of one training step's activations on each worker, in MB. A
             batch whose users would need more (the task's estimate per user,
             :meth:`Task.step_mb`) runs in micro-batches of the users that fit, their
@@ -74,6 +80,7 @@ class TrainConfig:
     refit: int = 0
     precision: str = "fp32"
     memory_mb: int = 2048
+    events: str = "split"
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -90,6 +97,11 @@ class TrainConfig:
             raise ConfigError(f"train.refit must be >= 0, got {self.refit}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        if self.events not in ("split", "all"):
+            raise ConfigError(f"train.events must be split or all, got {self.events!r}")
+        if self.events == "all" and self.refit:
+            raise ConfigError("train.refit refits on the validation events; with train.events=all they are "
+                              "already training data: set train.refit=0")
         if self.memory_mb < 1:
             raise ConfigError(f"train.memory_mb must be >= 1, got {self.memory_mb}")
 
@@ -131,6 +143,8 @@ class Task:
     # How :mod:`interest.evaluate.harness` measures the task on the test split (a key of
     # its PROTOCOLS): the evaluator looks tasks up, a task never imports the evaluator.
     evaluation: ClassVar[str]
+    # The warehouse table its scores make (a key of interest.schemas.OUTPUTS).
+    output: ClassVar[str]
     # Scoring reads a file of new tags (``interest score --tags``) into ``score_params``.
     scores_new_tags: ClassVar[bool] = False
 

@@ -145,6 +145,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         package_log.addHandler(handler)
         package_log.propagate = False  # Ray gives workers a root handler too: each line would print twice
+        if config.get("log_file"):  # the job's own log (`interest pipeline`), where a person looks first
+            try:
+                to_file = logging.FileHandler(config["log_file"])
+            except OSError:  # on another node of a cluster, without the driver's filesystem
+                pass
+            else:
+                to_file.setFormatter(handler.formatter)
+                package_log.addHandler(to_file)
     torch.set_num_threads(config.get("threads", 1))  # the CPUs Ray reserved for this worker
     task = get_task(config["task"])
     cfg = C.from_dict(task.config_cls, config["cfg"])
@@ -202,6 +210,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     best = ckpt.weights(model)
     prerefit = None  # the best weights from before the refit, once it has begun
     restored = ray.train.get_checkpoint()
+    if config.get("init_from") and not restored:
+        # A refit (train.events=all) starts from another run's chosen weights.
+        model.load_state_dict(ckpt.read_weights(config["init_from"], ckpt.BEST))
+        best = ckpt.weights(model)
     if restored:
         with restored.as_directory() as folder:
             state.update({k: v for k, v in ckpt.load_state(folder).items() if k in ("epoch", "best", "best_epoch",
@@ -216,7 +228,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("resuming %s at epoch %d (best %s %.4f)", config["task"], state["epoch"], tc.metric, state["best"])
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=_ddp_kwargs())
 
-    if task.validate_initial and not restored:
+    # train.events=all: the validation and test events are training data, so nothing is
+    # left to validate on: every epoch's weights are the result (a refit of a known length).
+    every_event = tc.events == "all"
+    if task.validate_initial and not restored and not every_event:
         # The task's untrained model is a meaningful answer (tags start as "the user's own
         # tags"): it is the best to beat, and stays the result if no epoch beats it.
         metrics, state["best"] = validate(model)
@@ -283,9 +298,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             data_s += time.perf_counter() - waited  # reported: slow input shows up here, not in compute
             if batch is None:
                 break
-            if with_valid:  # every task reads its training events as the first n_train
-                batch = {**batch, "n_train": batch["n_train"] + batch["n_valid"],
+            if with_valid or every_event:  # every task reads its training events as the first n_train
+                batch = {**batch, "n_train": batch["n_train"] + batch["n_valid"] + (batch["n_test"] if every_event
+                                                                                     else 0),
                          "n_valid": np.zeros_like(batch["n_valid"])}
+                if every_event:
+                    batch["n_test"] = np.zeros_like(batch["n_test"])
             if accumulate:
                 loss = accumulated_step(batch)
                 if loss is None:
@@ -336,8 +354,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         memory.reset_peak()
         loss, steps, train_s, data_s = train_epoch(epoch)
         valid_start = time.perf_counter()
-        metrics, value = validate(model)
-        if value > state["best"]:
+        metrics, value = ({}, math.nan) if every_event else validate(model)
+        if every_event:
+            state.update(best_epoch=epoch)
+            best = ckpt.weights(model)
+        elif value > state["best"]:
             state.update(best=value, best_epoch=epoch, bad_epochs=0, best_valid=_valid(metrics))
             best = ckpt.weights(model)
         else:
@@ -350,7 +371,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report = {**_valid(metrics), "epoch": epoch, "train_s": train_s,
                   "data_s": data_s, "valid_s": time.perf_counter() - valid_start, "loss": loss, "steps": steps,
                   "best": state["best"], "best_epoch": state["best_epoch"], "peak_mb": max(peak)}
-        if rank == 0:  # one progress line per epoch; worker logs reach the driver's console
+        if rank == 0 and every_event:
+            log.info("epoch %d/%d on every event (no validation): loss %.4f; train %.1f s; %s", epoch + 1,
+                     tc.epochs, loss, train_s, memory_line(peak))
+        elif rank == 0:  # one progress line per epoch; worker logs reach the driver's console
             log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f %s); train %.1f s (waiting for "
                      "data %.1f s), validation %.1f s; %s", epoch + 1, tc.epochs, loss, tc.metric, value,
                      state["best"], f"at epoch {state['best_epoch'] + 1}" if state["best_epoch"] >= 0 else
@@ -360,6 +384,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if state["refit"] == 0:  # not resumed half-way through the refit: the best weights, to choose settings and refit
         unwrap(model).load_state_dict(best)
     chosen_now = "chosen" not in state
+    if every_event:  # the settings came with the config, chosen by the run this one refits
+        state["chosen"], chosen_now = {}, False
     if chosen_now:
         chosen, value = task.choose_settings(cfg, meta, lambda candidate: validate(model, candidate)[1])
         state["chosen"] = chosen
@@ -421,8 +447,11 @@ def absolute_paths(cfg: Any) -> None:
 
 
 def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, num_workers: int = 2,
-        use_gpu: bool = False, cpus_per_worker: int = 1, max_failures: int = 1):
+        use_gpu: bool = False, cpus_per_worker: int = 1, max_failures: int = 1, init_from: str | None = None,
+        log_file: str | None = None):
     """Train ``task_name`` on the connected Ray cluster; returns Ray Train's ``Result``.
+    ``init_from``: a checkpoint folder whose best weights the model starts from (a refit).
+    ``log_file``: the workers' progress lines go there too (appended).
 
     Every check that can fail on the user's input runs here, before any worker starts.
     """
@@ -460,7 +489,8 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
         train_loop_per_worker,
         train_loop_config={"task": task_name, "cfg": C.to_dict(cfg), "prepared": prepared,
                            "log_level": logging.getLogger("interest").getEffectiveLevel(),
-                           "threads": cpus_per_worker},
+                           "threads": cpus_per_worker, "init_from": init_from,
+                           "log_file": log_file},
         # Each worker holds the memory it needs, so Ray places no more workers on a node
         # than fit there, instead of its memory monitor killing them mid-run.
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,

@@ -115,6 +115,7 @@ class RecommendTask(Task):
     name = "recommend"
     config_cls = RecommendConfig
     evaluation = "top_n"
+    output = "user_recommendations"
 
     def load_meta(self, cfg: RecommendConfig, prepared: str) -> Meta:
         meta = load_meta(prepared)

@@ -108,6 +108,7 @@ class SequenceTask(Task):
     name = "sequence"
     config_cls = SequenceConfig
     evaluation = "next_item"
+    output = "user_next_actions"
     LENGTH_GROUPS = 4
 
     def load_meta(self, cfg: SequenceConfig, prepared: str) -> Meta:

@@ -128,6 +128,7 @@ class TagsTask(Task):
     config_cls = TagsConfig
     validate_initial = True  # the untrained head ranks as "the user's own tags" (see model._Head)
     evaluation = "tags"
+    output = "user_tags"
     K = K  # P@K and R@K, in validation and evaluation
 
     def load_meta(self, cfg: TagsConfig, prepared: str) -> Meta:

@@ -35,17 +35,33 @@ class ZeroShotModelConfig:
             from zero. Kept at 4: no measurement here favours either.
         dropout: on the history's event vectors while training.
         max_len: most recent events read.
+        anchor: share of every similarity read in the encoder's own text space, which
+            training cannot move: a text's vector is its learned projection and its raw
+            vector side by side, weighted ``sqrt(1 - anchor)`` and ``sqrt(anchor)``, so a
+            cosine is ``(1 - anchor)`` times the learned one plus ``anchor`` times the
+            training-free text match, and training learns what to add to text match
+            rather than a warp of the space a new tag's name is read in. 0: the learned
+            projection alone. 0.5 against 0, held-out categories' AUC (the bench
+            ``quality_zeroshot``, paired over categories): synthetic data with personas
+            .617 vs .609 (+.008 ± .006; text match .602: +.015 ± .011 against it, was
+            +.007 ± .014), Amazon Scientific .680 vs .673 (+.007 ± .002, 111 categories).
     """
 
     facets: int = 4
     dropout: float = 0.1
     max_len: int = 50
+    anchor: float = 0.5
 
 
 class ZeroShotModel(nn.Module):
     def __init__(self, item_vectors: torch.Tensor, cfg: ZeroShotModelConfig):
         super().__init__()
         h = item_vectors.shape[1]
+        if not 0.0 <= cfg.anchor < 1.0:
+            raise ValueError(f"model.anchor must be in [0, 1), not {cfg.anchor}")
+        self.anchor = cfg.anchor
+        self.dim = 2 * h if cfg.anchor else h  # of the shared space
+        d = self.dim
         # Row 0 is padding; frozen, and not saved with the weights (the store holds it).
         self.register_buffer("item_vectors", torch.cat([torch.zeros(1, h), item_vectors.float()]), persistent=False)
         self.metric = nn.Linear(h, h, bias=False)
@@ -55,18 +71,22 @@ class ZeroShotModel(nn.Module):
         for table in (self.behavior, self.recency):
             nn.init.zeros_(table.weight)
         # Zero: every facet starts as the history's mean; training pulls them apart.
-        self.queries = nn.Parameter(torch.zeros(cfg.facets, h))
-        self.user_bias = nn.Sequential(nn.Linear(h + 1, 32), nn.GELU(), nn.Linear(32, 1))
+        self.queries = nn.Parameter(torch.zeros(cfg.facets, d))
+        self.user_bias = nn.Sequential(nn.Linear(d + 1, 32), nn.GELU(), nn.Linear(32, 1))
         self.drop = nn.Dropout(cfg.dropout)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # CLIP's learned temperature
         self.facets = cfg.facets
 
     def encode_text(self, vectors: torch.Tensor) -> torch.Tensor:
-        """(..., H) text vectors (tags' or items') -> (..., H) unit vectors in the shared space."""
-        return F.normalize(self.metric(vectors), dim=-1)
+        """(..., H) text vectors (tags' or items') -> (..., dim) unit vectors in the shared space."""
+        learned = F.normalize(self.metric(vectors), dim=-1)
+        if not self.anchor:
+            return learned
+        return torch.cat([math.sqrt(1 - self.anchor) * learned,
+                          math.sqrt(self.anchor) * F.normalize(vectors.float(), dim=-1)], -1)
 
     def encode_users(self, items: torch.Tensor, behaviors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """items, behaviors (B, T) left-padded (0 = none) -> users (B, facets * H), each facet
+        """items, behaviors (B, T) left-padded (0 = none) -> users (B, facets * dim), each facet
         a unit vector, and biases (B,)."""
         B, T = items.shape
         recency = torch.arange(T - 1, -1, -1, device=items.device).clamp(max=self.recency.num_embeddings - 1)

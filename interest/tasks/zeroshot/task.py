@@ -154,6 +154,7 @@ class ZeroShotTask(Task):
     name = "zeroshot"
     config_cls = ZeroShotConfig
     evaluation = "zeroshot"
+    output = "user_zeroshot"
     scores_new_tags = True
 
     def load_meta(self, cfg: ZeroShotConfig, prepared: str) -> Meta:
@@ -337,7 +338,7 @@ class ZeroShotTask(Task):
     def user_vectors(self, model, cfg: ZeroShotConfig, meta: Meta, prepared: str, user_ids: list[str]) -> np.ndarray:
         """(len(user_ids), facets * H) vectors of users, read from everything they did."""
         if not user_ids:
-            return np.zeros((0, model.facets * model.item_vectors.shape[1]), np.float32)
+            return np.zeros((0, model.facets * model.dim), np.float32)
         fs, inner = io.filesystem(io.join(prepared, "sequences"))
         table = pads.dataset(inner, filesystem=fs, format="parquet").to_table(
             columns=self.train_columns(), filter=pc.field(S.USER_ID).isin(user_ids))

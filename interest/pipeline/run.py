@@ -1,0 +1,521 @@
+"""The nightly job, step by step: prepare, embed items, train, evaluate and gate, refit,
+score every user for every output in one pass, publish.
+
+Each step is resumable. A step's inputs (files, configs, the runs it reads) make its
+fingerprint; a step that finished with the same fingerprint is skipped on a rerun, so a
+rerun after a crash starts where the crash was, and a rerun of an unchanged night does
+nothing. A training interrupted half-way resumes from its latest checkpoint (Ray
+Train). Records live in ``WORK/_steps/``; the warehouse holds only published tables
+and the run manifests (:mod:`interest.pipeline.warehouse`).
+
+Library code: the caller (``ray_jobs/pipeline.py``) has started Ray.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from interest import config as C
+from interest import io
+from interest.config import ConfigError
+from interest.data.prepare import event_summary, load_report, prepare
+from interest.data.synthetic import generate
+from interest.evaluate.baselines import GRIDS
+from interest.evaluate.harness import evaluate
+from interest.pipeline import warehouse as W
+from interest.pipeline.config import PipelineConfig, TaskStep, absolute, gate_of, retrain_days, task_config
+from interest.score.batch import plan, score_users, write_audiences
+from interest.tasks import get_task
+from interest.tasks.zeroshot.newtags import read_for, read_new_tags
+from interest.text.embed import embed_items
+from interest.text.encoder import resolve
+from interest.train.checkpoint import latest_checkpoint, load_state
+from interest.train.loop import fit
+
+log = logging.getLogger(__name__)
+
+STEPS = ("prepare", "embed", "train", "evaluate", "refit", "score", "publish")
+MARKER = "_pipeline.json"  # in a run folder: the training finished, with what
+SCORED = "_scored.json"  # in a scoring attempt's folder: every file of the pass is written
+
+
+class GateFailed(RuntimeError):
+    """A model did not clear its evaluation's floor; nothing was published."""
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def files_fingerprint(path: str | None) -> list[tuple[str, int, int]]:
+    """(file, size, modification time) of every file ``path`` names: inputs that changed
+    change it."""
+    if not path:
+        return []
+    fs, _ = io.filesystem(path)
+    out = []
+    for f in io.expand(path):
+        info = fs.get_file_info(f)
+        out.append((f, info.size, int(info.mtime.timestamp()) if info.mtime else 0))
+    return out
+
+
+class Console:
+    """What a person watching the job sees: a line per step with its duration, a
+    progress bar on long steps, a summary at the end. Details go to the log file."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self._shown = -1.0
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    @contextmanager
+    def step(self, number: int, name: str, what: str) -> Iterator[dict[str, str]]:
+        """``[n/7] name: what ... done in S s (note)``; the body may set ``note``."""
+        head = f"[{number}/{len(STEPS)}] {name:<8} {what}"
+        self.line(head + " ...")
+        start, out = time.perf_counter(), {"note": ""}
+        yield out
+        note = f" ({out['note']})" if out["note"] else ""
+        self.line(f"{' ' * (len(str(number)) * 2 + 3)} {time.perf_counter() - start:6.1f} s{note}")
+
+    def progress(self, done: int, total: int, rows: int) -> None:
+        """A bar of users scored / total and rows written: redrawn on a terminal, a line
+        per tenth otherwise (logs stay readable)."""
+        share = done / max(total, 1)
+        if not self.tty and share < 1 and share - self._shown < 0.1:
+            return
+        self._shown = share
+        bar = "#" * int(share * 30)
+        text = f"           [{bar:<30}] {done:,}/{total:,} users, {rows:,} rows"
+        if self.tty:
+            print("\r" + text, end="" if share < 1 else "\n", file=self.stream, flush=True)
+        else:
+            self.line(text)
+
+
+@dataclass
+class Pipeline:
+    """One night's run of ``cfg``; :meth:`run` returns the manifest it published."""
+
+    cfg: PipelineConfig
+    raw_config: dict[str, Any]
+    console: Console = field(default_factory=Console)
+    force: bool = False
+    log_file: str | None = None  # where training workers write their progress lines too
+
+    def __post_init__(self):
+        self.day = self.cfg.dt
+        self.prepared = absolute(self.cfg.prepared)
+        self.steps_dir = io.join(self.cfg.work, "_steps")
+        self.manifest: dict[str, Any] = {"dt": self.day, "status": "running", "started": _now(),
+                                         "config": self.raw_config, "steps": [], "models": {}, "evaluation": {}}
+
+    # --- step records ---------------------------------------------------------------
+
+    def _record_path(self, name: str) -> str:
+        return io.join(self.steps_dir, f"{name}.json")
+
+    def done(self, name: str, fp: str) -> dict[str, Any] | None:
+        """The result of step ``name`` if it finished with fingerprint ``fp``."""
+        path = self._record_path(name)
+        if self.force or not io.exists(path):
+            return None
+        record = io.read_json(path)
+        return record["result"] if record.get("fingerprint") == fp else None
+
+    def record(self, name: str, fp: str, result: dict[str, Any]) -> dict[str, Any]:
+        io.write_json({"fingerprint": fp, "finished": _now(), "result": result}, self._record_path(name))
+        return result
+
+    @contextmanager
+    def step(self, number: int, name: str, what: str) -> Iterator[dict[str, str]]:
+        start = time.perf_counter()
+        with self.console.step(number, name, what) as out:
+            yield out
+        self.manifest["steps"].append({"step": name, "what": what, "seconds": round(time.perf_counter() - start, 1),
+                                       "note": out["note"]})
+
+    # --- the job ----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        with self.step(1, "prepare", f"{cfg.input.get('input')} -> {cfg.prepared}") as out:
+            data = self.prepare()
+            out["note"] = data.pop("note")
+        self.manifest["input"] = data
+        if any(name in ("tags", "recommend", "zeroshot") for name in cfg.tasks):
+            with self.step(2, "embed", f"item texts -> {cfg.item_vectors}") as out:
+                out["note"] = self.embed()
+        runs = {}
+        for name, step in cfg.tasks.items():
+            with self.step(3, "train", name) as out:
+                runs[name], out["note"] = self.train(name, step)
+        for name, step in cfg.tasks.items():
+            with self.step(4, "evaluate", name) as out:
+                out["note"] = self.evaluate(name, step, runs[name])
+        failed = [f"{name}: {e['gate']['why']}" for name, e in self.manifest["evaluation"].items()
+                  if not e["gate"]["passed"]]
+        if failed:
+            self.finish("stopped by the gate: " + "; ".join(failed))
+            raise GateFailed("nothing published; " + "; ".join(failed))
+        scored = {}
+        for name, step in cfg.tasks.items():
+            with self.step(5, "refit", name) as out:
+                scored[name], out["note"] = self.refit(name, step, runs[name])
+        run_id = f"{self.day}-{fingerprint(self.day, data['fingerprint'], self._versions(scored), self.score_settings())[:8]}"
+        self.manifest["run_id"] = run_id
+        if not self.force and io.exists(W.manifest_path(cfg.out, run_id)):
+            before = io.read_json(W.manifest_path(cfg.out, run_id))
+            if before["status"] == "published" and all(W.published_by(t["path"]) == run_id
+                                                        for t in before["tables"].values()):
+                self.console.line(f"[6/7] score, [7/7] publish: run {run_id} (same models, data and settings) is "
+                                  f"already published; nothing to do (--force scores again)")
+                return {**before, "already_published": True}
+        with self.step(6, "score", f"every user, {len(scored)} task(s) in one pass") as out:
+            scores, out["note"] = self.score(run_id, scored)
+        with self.step(7, "publish", f"{len(scores['tables'])} table(s) -> {cfg.out} dt={self.day}") as out:
+            out["note"] = self.publish(run_id, scores)
+        return self.manifest
+
+    def prepare(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.generate is not None and not io.exists(cfg.input["input"]):
+            generate(cfg.generate, os.path.dirname(cfg.input["input"].rstrip("/")))
+        prepare_cfg = cfg.prepare_config()
+        fp = fingerprint(C.to_dict(prepare_cfg), files_fingerprint(prepare_cfg.input),
+                         files_fingerprint(prepare_cfg.items))
+        result = self.done("prepare", fp) if io.exists(self.prepared) and io.is_complete(self.prepared) else None
+        note = "unchanged input: kept"
+        if result is None:
+            prepare(prepare_cfg)
+            report = load_report(self.prepared)
+            result = self.record("prepare", fp, {
+                "fingerprint": fp, "prepared": self.prepared, "files": len(report["files"]),
+                "events": report["total"]["kept"], "quarantined": report["total"]["quarantined"],
+                "users": report["users"], "items": report["items"]["total"], **event_summary(self.prepared)})
+            note = f"{result['events']:,} events of {result['users']:,} users"
+        return {**result, "note": note}
+
+    def embed(self) -> str:
+        fp = fingerprint(self.manifest["input"]["fingerprint"], C.to_dict(self.cfg.embed))
+        if self.done("embed", fp) is not None and io.exists(self.cfg.item_vectors):
+            return "items unchanged: kept"
+        report = self.record("embed", fp, embed_items(self.prepared, absolute(self.cfg.item_vectors), self.cfg.embed))
+        return f"{report['embedded']:,} new or changed items embedded, {report['already_embedded']:,} kept"
+
+    # --- train, evaluate, refit ---------------------------------------------------------
+
+    def runs_dir(self, name: str) -> str:
+        return runs_dir(self.cfg, name)
+
+    def finished_runs(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        return finished_runs(self.runs_dir(name))
+
+    def choose_run(self, name: str, step: TaskStep) -> tuple[str, str | None]:
+        """(run folder, why it must be trained; None: reuse it as it is)."""
+        cfg_fp = fingerprint(C.to_dict(task_config(self.cfg, name)))
+        if step.run:
+            return absolute(step.run), None
+        finished = self.finished_runs(name)
+        same = [(f, m) for f, m in finished if m["config"] == cfg_fp]
+        tonight = os.path.join(self.runs_dir(name), self.day)
+        if step.retrain == "never":
+            if not finished:
+                raise ConfigError(f"tasks.{name}.retrain is never, and no run of {name} exists in "
+                                  f"{self.runs_dir(name)}; give tasks.{name}.run")
+            return finished[-1][0], None
+        if step.retrain == "always":
+            return (tonight, None) if any(f == tonight for f, _ in same) else (tonight, "retrain: always")
+        if step.retrain == "if_missing":
+            return (same[-1][0], None) if same else (tonight, "no finished run of this config")
+        days = retrain_days(step.retrain)
+        if same and dt.date.fromisoformat(same[-1][1]["dt"]) > dt.date.fromisoformat(self.day) - dt.timedelta(days):
+            return same[-1][0], None
+        return tonight, f"retrain: every {days} days"
+
+    def train(self, name: str, step: TaskStep) -> tuple[str, str]:
+        run, why = self.choose_run(name, step)
+        if why is None:
+            self.manifest["models"][name] = {"run": run, "trained": _marker(run)}
+            return run, f"reused {run}"
+        marker = os.path.join(run, MARKER)
+        if os.path.exists(marker):  # an older training of another config under tonight's name
+            shutil.rmtree(run)
+        task_cfg = task_config(self.cfg, name)
+        t = self.cfg.train
+        result = fit(name, self.prepared, run, C.to_dict(task_cfg), num_workers=t.num_workers, use_gpu=t.use_gpu,
+                     cpus_per_worker=t.cpus_per_worker, log_file=self.log_file)
+        if result.error:
+            raise result.error
+        metrics = result.metrics or {}
+        io.write_json({"task": name, "dt": self.day, "config": fingerprint(C.to_dict(task_cfg)),
+                       "prepared": self.manifest["input"]["fingerprint"], "finished": _now(),
+                       "epochs": metrics.get("epoch", -1) + 1, "best_epoch": metrics.get("best_epoch")}, marker)
+        self.manifest["models"][name] = {"run": run, "trained": _marker(run)}
+        return run, f"{why}: trained {metrics.get('epoch', -1) + 1} epochs -> {run}"
+
+    def evaluate(self, name: str, step: TaskStep, run: str) -> str:
+        metric, beat, margin = gate_of(name, step)
+        task_cfg = task_config(self.cfg, name)
+        if name == "zeroshot" and not (getattr(task_cfg, "holdout", None) or getattr(task_cfg, "judge", None)):
+            self.manifest["evaluation"][name] = {"gate": {"passed": True, "why": "not evaluated: no held-out tags "
+                                                          "(tasks.zeroshot.config.holdout) to judge new tags on"}}
+            return "not evaluated: no held-out tags configured"
+        baselines = tuple(dict.fromkeys(["popularity", *(b for b in beat if b in GRIDS)]))
+        fp = fingerprint(_marker(run), self.manifest["input"]["fingerprint"], baselines)
+        path = os.path.join(run, "metrics_test.json")
+        results = io.read_json(path) if os.path.exists(path) and not self.force else None
+        note = "unchanged: kept"
+        if results is None or results.get("pipeline_fingerprint") != fp:
+            results = {**evaluate(run, self.prepared, baselines=baselines), "pipeline_fingerprint": fp}
+            io.write_json(results, path)
+            note = f"{results['seconds']} s"
+        gate = check_gate(results, metric, beat, margin)
+        self.manifest["evaluation"][name] = {"metrics": _headline(results), "gate": gate, "file": path}
+        return f"{note}; gate {'passed' if gate['passed'] else 'FAILED'}: {gate['why']}"
+
+    def refit(self, name: str, step: TaskStep, run: str) -> tuple[str, str]:
+        """(the run to score with, what happened): the evaluated run fitted once more on
+        every event, the test period included, from its chosen weights."""
+        task = get_task(name)
+        state = load_state(latest_checkpoint(run))
+        cfg = C.from_dict(task.config_cls, state["config"])
+        newest = self.manifest["input"]["newest"]
+        if not step.refit or task.closed_form(cfg):
+            why = "off in the config" if not step.refit else "a closed-form model is not refit"
+            trained_to = max(newest[s] for s in ("train", "valid") if s in newest) if cfg.train.refit else newest["train"]
+            self._age(name, trained_to, refit=False)
+            return run, f"{why}; newest training event {trained_to}"
+        target = f"{run}+refit-{self.day}"
+        fp = fingerprint(_marker(run), self.manifest["input"]["fingerprint"], self.cfg.refit_epochs)
+        marker = os.path.join(target, MARKER)
+        if os.path.exists(marker) and io.read_json(marker).get("fingerprint") == fp and not self.force:
+            self._age(name, max(newest.values()), refit=True, run=target)
+            return target, f"unchanged: kept {target}"
+        if os.path.exists(marker):  # a refit of other weights or data; a half-done one resumes
+            shutil.rmtree(target)
+        refit_cfg = C.to_dict(cfg)
+        refit_cfg["train"] = {**refit_cfg["train"], "events": "all", "epochs": self.cfg.refit_epochs, "refit": 0}
+        t = self.cfg.train
+        result = fit(name, self.prepared, target, refit_cfg, num_workers=t.num_workers, use_gpu=t.use_gpu,
+                     cpus_per_worker=t.cpus_per_worker, init_from=latest_checkpoint(run),
+                     log_file=self.log_file)
+        if result.error:
+            raise result.error
+        io.write_json({"task": name, "dt": self.day, "fingerprint": fp, "from": run, "finished": _now(),
+                       "epochs": self.cfg.refit_epochs}, marker)
+        self._age(name, max(newest.values()), refit=True, run=target)
+        return target, f"{self.cfg.refit_epochs} epoch(s) on every event -> {target}"
+
+    def _age(self, name: str, newest: str, *, refit: bool, run: str | None = None) -> None:
+        """The manifest's note of how recent the scoring model's training events are."""
+        days = (dt.date.fromisoformat(self.day) - dt.datetime.fromisoformat(newest).date()).days
+        self.manifest["models"][name].update(refit=refit, scored_with=run or self.manifest["models"][name]["run"],
+                                             newest_training_event=newest, newest_training_event_age_days=days)
+
+    # --- score and publish --------------------------------------------------------------
+
+    def score_settings(self) -> dict[str, Any]:
+        return {"score": C.to_dict(self.cfg.score),
+                "tasks": {n: {"top_k": s.top_k, "audience": s.audience,
+                              "new_tags": files_fingerprint(s.new_tags) if s.new_tags else None}
+                          for n, s in self.cfg.tasks.items()}}
+
+    @staticmethod
+    def _versions(scored: dict[str, str]) -> dict[str, Any]:
+        return {name: [run, _marker(run)] for name, run in scored.items()}
+
+    def score(self, run_id: str, scored: dict[str, str]) -> tuple[dict[str, Any], str]:
+        cfg, day = self.cfg, self.day
+        for attempt in W.attempts(cfg.out, run_id):
+            marker = io.join(cfg.out, W.STAGING, attempt, SCORED)
+            if io.exists(marker) and not self.force:
+                return io.read_json(marker), "scored before this rerun: kept"
+        # A pass that crashed half-way: its files are not trusted, and its actors may still
+        # be writing (a killed driver's Ray workers finish their queued batches), so this
+        # attempt writes to a folder of its own.
+        W.discard_attempts(cfg.out, run_id)
+        attempt = f"{run_id}.{uuid.uuid4().hex[:8]}"
+        behaviors = self.manifest["input"]["behaviors"]
+        outputs = []
+        for name, run in scored.items():
+            step = cfg.tasks[name]
+            table = get_task(name).output
+            outputs.append(plan(run, self.prepared, W.staged(cfg.out, attempt, table, day), top_k=step.top_k,
+                                tags=absolute(step.new_tags), behavior_counts=behaviors))
+        total = self.manifest["input"]["users"]
+        start = time.perf_counter()
+        done = score_users(outputs, self.prepared, batch_size=cfg.score.batch_size,
+                           concurrency=cfg.score.concurrency, num_gpus=cfg.score.num_gpus,
+                           progress=lambda users, rows: self.console.progress(users, total, rows))
+        seconds = time.perf_counter() - start
+        tables = {o.table: {"rows": done["rows"][o.table], "task": o.task, "params": o.scalars} for o in outputs}
+        zeroshot = [o for o in outputs if o.table == "user_zeroshot"]
+        if zeroshot:
+            n = cfg.tasks[zeroshot[0].task].audience
+            rows = write_audiences(zeroshot[0].folder, W.staged(cfg.out, attempt, "tag_audiences", day), n,
+                                   len(zeroshot[0].params["tag_names"]))
+            tables["tag_audiences"] = {"rows": rows, "task": zeroshot[0].task, "params": {"audience": n}}
+            done["summary"]["tag_audiences"] = {"sources": {"model": rows}}
+        result = {"users": done["users"], "tables": tables, "summary": done["summary"], "attempt": attempt,
+                  "users_per_s": round(done["users"] / max(seconds, 1e-9), 1)}
+        io.write_json(result, io.join(cfg.out, W.STAGING, attempt, SCORED))
+        return result, f"{done['users']:,} users, {sum(t['rows'] for t in tables.values()):,} rows, " \
+                       f"{result['users_per_s']:,.0f} users/s"
+
+    def publish(self, run_id: str, scores: dict[str, Any]) -> str:
+        cfg, day = self.cfg, self.day
+        for table in scores["tables"]:
+            staged, final = W.staged(cfg.out, scores["attempt"], table, day), W.partition(cfg.out, table, day)
+            if io.exists(staged):
+                W.publish(staged, final, run_id)
+            elif W.published_by(final) != run_id:
+                raise io.InputError(f"{staged} is gone and {final} was not published by run {run_id}: "
+                                    "rerun with --force to score again")
+            scores["tables"][table].update(path=final, files=sorted(os.path.basename(f) for f in io.expand(final)))
+        self.manifest["tables"] = scores["tables"]
+        self.manifest["users"] = scores["users"]
+        self.manifest["summary"] = summary_with_shares(scores["summary"], scores["users"],
+                                                       self.manifest["input"]["items"])
+        previous = W.latest_published(cfg.out, other_than=run_id)
+        self.manifest["drift"] = drift(self.manifest["summary"], previous["summary"]) if previous else {}
+        self.manifest["drift_against"] = previous["run_id"] if previous else None
+        self.finish("published")
+        W.discard_attempts(cfg.out, run_id)
+        return f"run {run_id}; manifest {W.manifest_path(cfg.out, run_id)}"
+
+    def finish(self, status: str) -> None:
+        self.manifest.update(status=status, finished=_now())
+        run_id = self.manifest.setdefault("run_id", f"{self.day}-stopped-{_now().replace(':', '')}")
+        io.write_json(self.manifest, W.manifest_path(self.cfg.out, run_id))
+
+
+def runs_dir(cfg: PipelineConfig, name: str) -> str:
+    return absolute(io.join(cfg.work, "runs", name))
+
+
+def finished_runs(root: str) -> list[tuple[str, dict[str, Any]]]:
+    """(folder, marker) of the finished trainings under ``root``, oldest first (refits excluded)."""
+    if not os.path.isdir(root):
+        return []
+    found = [os.path.join(root, d) for d in sorted(os.listdir(root)) if "+refit" not in d]
+    return [(f, io.read_json(os.path.join(f, MARKER))) for f in found if os.path.exists(os.path.join(f, MARKER))]
+
+
+def check(cfg: PipelineConfig) -> None:
+    """Everything that can be wrong with a pipeline request, on the driver before Ray
+    starts: storage, inputs, runs that must exist, new-tags files, the encoder."""
+    for key, path in (("out", cfg.out), ("work", cfg.work)):
+        if io.is_s3(path):
+            raise ConfigError(f"{key}: {path}: the pipeline's {key} folder must be on a local or shared filesystem "
+                              "for now (inputs may be on S3)")
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".probe-{os.getpid()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot write to {path}: {exc.strerror}") from None
+    if cfg.generate is None:
+        io.expand(cfg.input.get("input", ""))  # InputError naming a missing input
+    prepared_ready = io.exists(cfg.prepared) and io.is_complete(cfg.prepared)
+    for name, step in cfg.tasks.items():
+        if step.run:
+            latest_checkpoint(absolute(step.run))
+        elif step.retrain == "never" and not finished_runs(runs_dir(cfg, name)):
+            raise ConfigError(f"tasks.{name}.retrain is never, and no finished run of {name} is in "
+                              f"{runs_dir(cfg, name)}: give tasks.{name}.run or let it train")
+        if step.new_tags:
+            (read_for(step.new_tags, cfg.prepared) if prepared_ready else read_new_tags(step.new_tags))
+    if any(name in ("tags", "recommend", "zeroshot") for name in cfg.tasks):
+        resolve(cfg.embed.encoder)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _marker(run: str) -> dict[str, Any] | None:
+    path = os.path.join(run, MARKER)
+    if os.path.exists(path):
+        return io.read_json(path)
+    return {"given": run, "checkpoint": os.path.basename(latest_checkpoint(run))}
+
+
+def _headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The methods' figures of an evaluation (the numbers, not the protocol's prose)."""
+    return {k: {m: v for m, v in r.items() if isinstance(v, (int, float))}
+            for k, r in results.items() if isinstance(r, dict) and any(isinstance(v, float) for v in r.values())}
+
+
+def check_gate(results: dict[str, Any], metric: str, beat: list[str], margin: float) -> dict[str, Any]:
+    """Whether the model's test ``metric`` beats every baseline of ``beat`` by ``margin``."""
+    if not metric:
+        return {"passed": True, "why": "gate off"}
+    model = (results.get("model") or {}).get(metric)
+    if model is None:
+        raise ConfigError(f"gate metric {metric!r} is not among the {results.get('task')} evaluation's "
+                          f"({', '.join(k for k, v in results['model'].items() if isinstance(v, float))})")
+    lost = []
+    for name in beat:
+        other = (results.get(name) or {}).get(metric)
+        if other is None:
+            raise ConfigError(f"gate baseline {name!r} is not in the {results.get('task')} evaluation")
+        if not model > other + margin:
+            lost.append(f"{name} {other:.4f}")
+    if lost:
+        return {"passed": False, "why": f"model {metric} {model:.4f} does not beat {', '.join(lost)}"
+                                         + (f" by {margin}" if margin else "")}
+    return {"passed": True, "why": f"model {metric} {model:.4f} > " + ", ".join(
+        f"{n} {results[n][metric]:.4f}" for n in beat) + (f" + {margin}" if margin else "")}
+
+
+def summary_with_shares(summary: dict[str, Any], users: int, n_items: int) -> dict[str, Any]:
+    """Each table's summary with shares: catalogue coverage, the rank-1 values' shares
+    (tag shares, behaviour mix), the rows each source wrote."""
+    out = {}
+    for table, s in summary.items():
+        t = dict(s)
+        if "distinct_items" in s:
+            t["catalogue_coverage"] = round(s["distinct_items"] / max(n_items, 1), 4)
+        if "top1" in s:
+            total = sum(s["top1"].values()) or 1
+            t["top1_shares"] = {k: round(v / total, 4) for k, v in s["top1"].items()}
+        out[table] = t
+    return out
+
+
+def drift(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """How this run's outputs moved from the previous published run's: the change in
+    catalogue coverage and the total variation distance of the rank-1 shares (0: the
+    same mix, 1: nothing in common)."""
+    out = {}
+    for table, s in now.items():
+        b = before.get(table)
+        if not b:
+            continue
+        d = {}
+        if "catalogue_coverage" in s and "catalogue_coverage" in b:
+            d["catalogue_coverage_change"] = round(s["catalogue_coverage"] - b["catalogue_coverage"], 4)
+        if "top1_shares" in s and "top1_shares" in b:
+            keys = set(s["top1_shares"]) | set(b["top1_shares"])
+            d["top1_total_variation"] = round(0.5 * sum(abs(s["top1_shares"].get(k, 0) - b["top1_shares"].get(k, 0))
+                                                         for k in keys), 4)
+        out[table] = d
+    return out

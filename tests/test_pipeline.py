@@ -1,0 +1,313 @@
+"""``interest pipeline``: the nightly job end to end on synthetic data, its warehouse
+partitions queried with DuckDB, reruns, a scoring pass killed half-way, the gate,
+``interest verify-output``, and the checks made before Ray starts."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from interest import cli
+from interest import schemas as S
+from interest.pipeline import warehouse as W
+from interest.pipeline.config import retrain_days
+from interest.pipeline.run import check_gate, drift
+from interest.score.batch import Summary, summarize
+from interest.score.fallback import Fallback, complete
+
+DAY = "2026-11-30"
+TABLES = ("user_next_actions", "user_tags", "user_recommendations", "user_zeroshot", "tag_audiences")
+
+
+# --- pure functions ---------------------------------------------------------------------
+
+def test_fallback_completes_users_the_model_left_out():
+    rows = pa.table({S.USER_ID: ["a", "a"], "rank": [1, 2], S.ITEM_ID: ["i1", "i2"], "score": [0.9, 0.5]},
+                    schema=S.RECOMMENDATIONS)
+    done = complete(rows, ["a", "b", "c"], "user_recommendations", Fallback(["p1", "p2", "p3"], [0.5, 0.3, 0.2]))
+    assert done.schema.equals(S.OUTPUTS["user_recommendations"])
+    got = done.to_pylist()
+    assert [(r[S.USER_ID], r["rank"], r[S.ITEM_ID], r[S.SOURCE]) for r in got] == [
+        ("a", 1, "i1", "model"), ("a", 2, "i2", "model"),
+        ("b", 1, "p1", "popular"), ("b", 2, "p2", "popular"), ("b", 3, "p3", "popular"),
+        ("c", 1, "p1", "popular"), ("c", 2, "p2", "popular"), ("c", 3, "p3", "popular")]
+    tags = complete(S.TAG_SCORES.empty_table(), ["u"], "user_tags", Fallback(["food", "toys"], [0.6, 0.4]))
+    assert tags.column(S.TAG).to_pylist() == ["food", "toys"] and tags.column("evidence").to_pylist() == [[], []]
+
+
+def test_summaries_of_batches_add_up():
+    vocab = pa.array([f"i{k}" for k in range(20)])
+    fb = Fallback(["i0", "i1"], [0.5, 0.5])
+    total = Summary()
+    for users, items in ((["a"], ["i3", "i4"]), (["b", "c"], ["i4", "i9"])):
+        rows = pa.table({S.USER_ID: [users[0]] * 2, "rank": [1, 2], S.ITEM_ID: items, "score": [1.0, 0.5]},
+                        schema=S.RECOMMENDATIONS)
+        total.add(json.loads(json.dumps(summarize(complete(rows, users, "user_recommendations", fb), vocab))))
+    # a: i3 i4 (model); b: i4 i9 (model); c: i0 i1 (popular)
+    assert total.as_dict() == {"sources": {"model": 4, "popular": 2}, "distinct_items": 5}
+
+
+def test_gate_compares_the_model_with_each_baseline():
+    results = {"task": "sequence", "model": {"ndcg@10": 0.30}, "popularity": {"ndcg@10": 0.10},
+               "ease": {"ndcg@10": 0.31}}
+    assert check_gate(results, "ndcg@10", ["popularity"], 0.0)["passed"]
+    assert not check_gate(results, "ndcg@10", ["popularity"], 0.25)["passed"]
+    failed = check_gate(results, "ndcg@10", ["popularity", "ease"], 0.0)
+    assert not failed["passed"] and "ease 0.3100" in failed["why"]
+    assert check_gate(results, "", ["popularity"], 0.0)["passed"]
+    with pytest.raises(ValueError, match="not among"):
+        check_gate(results, "hr@10", ["popularity"], 0.0)
+
+
+def test_retrain_schedules_and_drift():
+    assert retrain_days("every 7 days") == 7 and retrain_days("3d") == 3 and retrain_days("always") is None
+    with pytest.raises(ValueError, match="retrain must be"):
+        retrain_days("weekly")
+    now = {"user_tags": {"top1_shares": {"a": 0.5, "b": 0.5}, "catalogue_coverage": 0.4}}
+    before = {"user_tags": {"top1_shares": {"a": 1.0}, "catalogue_coverage": 0.5}}
+    assert drift(now, before) == {"user_tags": {"catalogue_coverage_change": -0.1, "top1_total_variation": 0.5}}
+
+
+def test_a_refit_on_every_event_is_a_config_of_its_own():
+    from interest.tasks.base import TrainConfig
+
+    assert TrainConfig(events="all").events == "all"
+    with pytest.raises(ValueError, match="train.events must be split or all"):
+        TrainConfig(events="test")
+    with pytest.raises(ValueError, match="already training data"):
+        TrainConfig(events="all", refit=1)
+
+
+def test_publish_swaps_a_partition_whole(tmp_path):
+    final = tmp_path / "t" / "dt=2026-01-01"
+    for run, files in (("r1", ["part-1.parquet", "part-2.parquet"]), ("r2", ["part-9.parquet"])):
+        staged = tmp_path / "_staging" / run / "t" / "dt=2026-01-01"
+        staged.mkdir(parents=True)
+        for f in files:
+            pq.write_table(pa.table({"x": [1]}), staged / f)
+        W.publish(str(staged), str(final), run)
+        assert sorted(p.name for p in final.iterdir()) == sorted(files + ["_SUCCESS"])
+        assert W.published_by(str(final)) == run and not staged.exists()
+    assert not list((tmp_path / "_staging").rglob("*.parquet"))  # the replaced partition is gone
+
+
+# --- checks before Ray ------------------------------------------------------------------
+
+def _config(root: Path, synthetic: Path, encoder: Path, **changes) -> Path:
+    """A pipeline config of every task on ``synthetic`` (tiny models, 1 epoch)."""
+    new_tags = root / "new_tags.csv"
+    new_tags.write_text('tag,description\ncamping,"tents and outdoor gear"\ncoffee break,"coffee and tea"\n')
+    cfg = {
+        "out": str(root / "warehouse"), "work": str(root / "work"), "dt": DAY,
+        "input": {"input": str(synthetic / "events"), "items": str(synthetic / "items.parquet")},
+        "embed": {"encoder": str(encoder)},
+        "train": {"num_workers": 1},
+        "score": {"batch_size": 128},
+        "tasks": {
+            "sequence": {"config": {"preset": "small", "train": {"epochs": 1}}, "gate": {"metric": ""}},
+            "tags": {"top_k": 3, "config": {"mode": "cached", "train": {"epochs": 1}}, "gate": {"metric": ""}},
+            "recommend": {"config": {"train": {"epochs": 1}}, "gate": {"metric": ""}},
+            "zeroshot": {"new_tags": str(new_tags), "audience": 20, "config": {"train": {"epochs": 1}}},
+        },
+    }
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tasks.sequence.retrian": "always"}, "unknown config key 'tasks.sequence.retrian'"),
+    ({"tasks.sequence.config.train.epoch": 2}, "unknown config key 'tasks.sequence.config.train.epoch'"),
+    ({"tasks.sequence.retrain": "never"}, "retrain is never, and no finished run of sequence"),
+    ({"tasks.sequence.retrain": "weekly"}, "retrain must be always, if_missing, never"),
+    ({"tasks.zeroshot.new_tags": None}, "task zeroshot scores new tags"),
+    ({"out": "FILE/warehouse"}, "out: cannot write to"),
+    ({"tasks.sequence.run": "NOWHERE"}, "no checkpoint in"),
+])
+def test_a_bad_config_fails_before_ray_starts(tmp_path, synthetic_small, tiny_encoder, monkeypatch, capsys,
+                                               change, message):
+    import ray_jobs.pipeline
+
+    monkeypatch.setattr(ray_jobs.pipeline, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    change = {k: (str(tmp_path / v) if isinstance(v, str) and v.split("/")[0] in ("FILE", "NOWHERE") else v)
+              for k, v in change.items()}
+    path = _config(tmp_path, synthetic_small, tiny_encoder, **change)
+    assert cli.main(["pipeline", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+# --- the job on Ray ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory, synthetic_small, tiny_encoder, ray_start_4_cpus):
+    """One night of the pipeline on ``synthetic_small``: (config, warehouse, console output)."""
+    root = tmp_path_factory.mktemp("nightly")
+    path = _config(root, synthetic_small, tiny_encoder)
+    out = subprocess.run([sys.executable, "-m", "interest.cli", "pipeline", "--config", str(path)],
+                         capture_output=True, text=True, timeout=900, env=_env())
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return {"config": path, "out": root / "warehouse", "work": root / "work", "stdout": out.stdout,
+            "items": synthetic_small / "items.parquet"}
+
+
+def _env() -> dict:
+    """The test's environment for a pipeline in a subprocess (its own local Ray)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _users(work: Path) -> set:
+    return set(pq.read_table(work / "prepared" / "vocab" / "users").column(S.USER_ID).to_pylist())
+
+
+@pytest.mark.ray
+def test_the_pipeline_publishes_every_table_for_every_user(nightly, capsys):
+    stdout, out = nightly["stdout"], nightly["out"]
+    # The console tells the story: a line per step, the summary; Ray's logs are in the file.
+    for n, step in enumerate(("prepare", "embed", "train", "evaluate", "refit", "score", "publish"), start=1):
+        assert f"[{n}/7] {step}" in stdout
+    assert "published in" in stdout and "(RayTrainWorker" not in stdout and len(stdout.splitlines()) < 60
+    assert cli.main(["verify-output", str(out), "--dt", DAY]) == 0
+    assert "complete" in capsys.readouterr().out
+    manifest = W.latest_published(str(out), DAY)
+    users = _users(nightly["work"])
+    for table in TABLES:
+        folder = out / table / f"dt={DAY}"
+        files = sorted(p.name for p in folder.iterdir())
+        assert files == sorted(manifest["tables"][table]["files"] + ["_SUCCESS"])
+        data = pq.read_table(folder)
+        assert data.schema.equals(S.OUTPUTS[table]) and "dt" not in data.column_names
+        assert data.num_rows == manifest["tables"][table]["rows"] > 0
+        if table != "tag_audiences":
+            assert set(data.column(S.USER_ID).to_pylist()) == users
+    assert manifest["tables"]["user_zeroshot"]["rows"] == 2 * len(users)
+    assert manifest["tables"]["tag_audiences"]["rows"] == 2 * 20
+    # Scored with the refit, which trained on every event, the test period included.
+    newest = manifest["input"]["newest"]
+    for name, model in manifest["models"].items():
+        assert model["refit"] and model["scored_with"].endswith(f"+refit-{DAY}")
+        assert model["newest_training_event"] == max(newest.values())
+    assert set(manifest["evaluation"]) == {"sequence", "tags", "recommend", "zeroshot"}
+    assert manifest["summary"]["user_recommendations"]["catalogue_coverage"] > 0
+    assert [s["step"] for s in manifest["steps"]][:2] == ["prepare", "embed"]
+
+
+@pytest.mark.ray
+def test_duckdb_reads_the_partitions(nightly):
+    out = nightly["out"]
+    con = duckdb.connect()
+    counts = dict(con.execute(
+        "SELECT 'user_recommendations', count(*) FROM read_parquet(?, hive_partitioning = true) WHERE dt = ? "
+        "UNION ALL SELECT 'user_tags', count(*) FROM read_parquet(?, hive_partitioning = true) WHERE dt = ?",
+        [str(out / "user_recommendations" / "*" / "*.parquet"), DAY, str(out / "user_tags" / "*" / "*.parquet"),
+         DAY]).fetchall())
+    manifest = W.latest_published(str(out), DAY)
+    assert counts == {t: manifest["tables"][t]["rows"] for t in ("user_recommendations", "user_tags")}
+    user = con.execute(f"SELECT min(user_id) FROM read_parquet('{out}/user_recommendations/*/*.parquet')").fetchone()[0]
+    top = con.execute(
+        f"SELECT rank, r.item_id, i.title FROM read_parquet('{out}/user_recommendations/*/*.parquet', "
+        f"hive_partitioning = true) r JOIN read_parquet('{nightly['items']}') i USING (item_id) "
+        "WHERE r.user_id = ? AND r.dt = ? ORDER BY rank LIMIT 10", [user, DAY]).fetchall()
+    assert [r[0] for r in top] == list(range(1, 11)) and all(r[2] for r in top)
+
+
+@pytest.mark.ray
+def test_a_rerun_skips_what_finished_and_replaces_the_partition_whole(nightly, capsys):
+    out, config = nightly["out"], str(nightly["config"])
+    assert cli.main(["pipeline", "--config", config]) == 0
+    said = capsys.readouterr().out
+    assert "unchanged input: kept" in said and "already published; nothing to do" in said
+    assert "was already published" in said
+    assert "trained" not in said  # every run reused
+    before = W.latest_published(str(out), DAY)
+    assert cli.main(["pipeline", "--config", config, "--set", "tasks.recommend.top_k=4"]) == 0
+    capsys.readouterr()
+    after = W.latest_published(str(out), DAY)
+    assert after["run_id"] != before["run_id"]
+    assert cli.main(["verify-output", str(out), "--dt", DAY]) == 0
+    recs = pq.read_table(out / "user_recommendations" / f"dt={DAY}")
+    assert recs.num_rows == 4 * len(_users(nightly["work"]))  # the old top 10 is gone, nothing twice
+    assert not (out / W.STAGING).exists()
+
+
+@pytest.mark.ray
+def test_a_scoring_pass_killed_midway_leaves_the_partition_and_a_rerun_completes_it(nightly, capsys):
+    out, config = nightly["out"], str(nightly["config"])
+    folder = out / "user_recommendations" / f"dt={DAY}"
+    published = W.published_by(str(folder))
+    files = {p.name: p.stat().st_size for p in folder.iterdir()}
+    args = ["pipeline", "--config", config, "--set", "tasks.recommend.top_k=6", "--set", "score.batch_size=8"]
+    proc = subprocess.Popen([sys.executable, "-m", "interest.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list((out / W.STAGING).rglob("part-*.parquet")) and time.time() < deadline:
+            assert proc.poll() is None, "the pipeline ended before it wrote anything"
+            time.sleep(0.05)
+        assert list((out / W.STAGING).rglob("part-*.parquet")), "scoring never started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert W.published_by(str(folder)) == published
+    assert {p.name: p.stat().st_size for p in folder.iterdir()} == files
+    assert cli.main(["verify-output", str(out), "--dt", DAY]) == 0
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert cli.main(["verify-output", str(out), "--dt", DAY]) == 0
+    assert pq.read_table(folder).num_rows == 6 * len(_users(nightly["work"]))
+
+
+@pytest.mark.ray
+def test_verify_output_finds_a_missing_user_and_a_repeated_rank(nightly, tmp_path, capsys):
+    bad = tmp_path / "warehouse"
+    shutil.copytree(nightly["out"], bad)
+    tags = bad / "user_tags" / f"dt={DAY}"
+    table = pq.read_table(tags)
+    gone = table.column(S.USER_ID)[0].as_py()
+    for f in tags.glob("*.parquet"):
+        f.unlink()
+    pq.write_table(table.filter(pa.compute.not_equal(table[S.USER_ID], gone)), tags / "part-0.parquet")
+    recs = bad / "user_recommendations" / f"dt={DAY}"
+    first = sorted(recs.glob("*.parquet"))[0]
+    shutil.copy(first, recs / "part-copy.parquet")
+    assert cli.main(["verify-output", str(bad), "--dt", DAY]) == 1
+    err = capsys.readouterr().err
+    assert "user_tags: 1 of" in err and repr(gone) in err
+    assert "user_recommendations: " in err and "duplicated (user_id, rank)" in err
+    assert "the manifest says" in err  # the row counts no longer match
+    assert cli.main(["verify-output", str(bad), "--dt", "2020-01-01"]) == 1
+    assert "no published run for dt=2020-01-01" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_the_gate_stops_the_publish(nightly, capsys):
+    out, config = nightly["out"], str(nightly["config"])
+    before = W.latest_published(str(out), DAY)
+    rc = cli.main(["pipeline", "--config", config, "--set", "tasks.recommend.gate.metric=ndcg@10",
+                   "--set", "tasks.recommend.gate.margin=1.0", "--set", "tasks.recommend.top_k=2"])
+    assert rc == 3
+    said = capsys.readouterr().out
+    assert "stopped: nothing published; recommend: model ndcg@10" in said and "does not beat popularity" in said
+    assert W.latest_published(str(out), DAY)["run_id"] == before["run_id"]
+    stopped = [m for m in W.manifests(str(out)) if m["status"].startswith("stopped by the gate")]
+    assert stopped and not stopped[-1]["evaluation"]["recommend"]["gate"]["passed"]
+    assert json.loads(json.dumps(stopped[-1]))["dt"] == DAY
