@@ -153,7 +153,9 @@ def verify(out: str, day: str) -> list[str]:
             problems.append(f"{table}: {rows.num_rows:,} rows, the manifest says {info['rows']:,}")
         keys = list(S.OUTPUT_KEYS[table])
         if all(k in rows.column_names for k in keys):
-            dup = rows.group_by(keys).aggregate([([], "count_all")]).filter(pc.greater(pc.field("count_all"), 1))
+            # Single-threaded: Acero's thread pool can fail ("thread index out of range")
+            # in a process whose Arrow threads Ray or a test has already used.
+            dup = rows.group_by(keys, use_threads=False).aggregate([([], "count_all")]).filter(pc.greater(pc.field("count_all"), 1))
             if dup.num_rows:
                 first = dup.slice(0, 1).to_pylist()[0]
                 problems.append(f"{table}: {dup.num_rows:,} duplicated ({', '.join(keys)}), e.g. "
