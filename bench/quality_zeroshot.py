@@ -62,10 +62,6 @@ def judgeable(prepared: Path, tag_sets: list[str], min_positives: int, max_share
     """Categories that can be held out and judged, and every category's figures (positive
     users, share of items): leaves only where tags are path levels, since holding a
     parent out would hold its children out with it."""
-    import pyarrow.parquet as pq
-
-    from interest.common import tags as L
-
     sets = dict(s.split("=", 1) for s in tag_sets)
     space = L.build(pq.read_table(prepared / "items"), source=sets.get("tag_source", "levels"),
                     separator=sets.get("separator", "."))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import demo, discover, embed_items, evaluate, generate, pipeline, prepare, score, train, verify_output
+from ray_jobs import (demo, discover, embed_items, evaluate, generate, pipeline, prepare, score, train, tune,
+                      verify_output)
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
@@ -16,6 +17,7 @@ COMMANDS = {
     "embed-items": (embed_items, "embed every item's text once with a transformers encoder"),
     "discover": (discover, "cluster item text vectors into candidate interest groups to name"),
     "train": (train, "train a task (sequence, tags, recommend, zeroshot) with Ray Train"),
+    "tune": (tune, "search a task's hyperparameters with Ray Tune (ASHA); writes best.yaml"),
     "evaluate": (evaluate, "test metrics of a trained run beside baselines"),
     "score": (score, "score every user with a trained run, as Parquet"),
     "demo": (demo, "run the pipeline on built-in synthetic data and a local Ray"),

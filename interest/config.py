@@ -8,6 +8,7 @@ and type so a typo fails on the driver, before any worker starts.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import types
 import typing
 from pathlib import Path
@@ -95,6 +96,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"config key {key!r} must be {tp.__name__}, got {value!r}") from None
     if tp is str:
+        if isinstance(value, (datetime.date, datetime.datetime)):  # YAML reads 2026-12-01 as a date
+            return value.isoformat()
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
         return str(value)

@@ -98,6 +98,21 @@ def exists(path: str) -> bool:
     return fs.get_file_info(inner).type != pafs.FileType.NotFound
 
 
+def children(path: str, *, folders: bool = False) -> list[str]:
+    """Names of the files and folders (only the folders: ``folders``) directly in the
+    folder ``path``, sorted; [] when it is absent."""
+    fs, inner = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos
+                  if not folders or i.type == pafs.FileType.Directory)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as f:
+        return f.read()
+
+
 def makedirs(path: str) -> None:
     fs, inner = filesystem(path)
     fs.create_dir(inner, recursive=True)
@@ -151,17 +166,19 @@ def count_rows(path: str) -> int:
     return pads.dataset(inner, filesystem=fs, format="parquet").count_rows()
 
 
-def write_json(obj: Any, path: str) -> None:
+def write_bytes(data: bytes, path: str) -> None:
     fs, inner = filesystem(path)
     fs.create_dir(posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner), recursive=True)
     with fs.open_output_stream(inner) as f:
-        f.write((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+        f.write(data)
+
+
+def write_json(obj: Any, path: str) -> None:
+    write_bytes((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode(), path)
 
 
 def read_json(path: str) -> Any:
-    fs, inner = filesystem(path)
-    with fs.open_input_stream(inner) as f:
-        return json.loads(f.read().decode())
+    return json.loads(read_bytes(path).decode())
 
 
 SUCCESS = "_SUCCESS"

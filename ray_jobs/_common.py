@@ -9,8 +9,12 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
+from interest import io
 from interest.config import ConfigError
 from interest.io import InputError
 from interest.schemas import SchemaError
@@ -50,6 +54,9 @@ def init_ray(args: argparse.Namespace, quiet: bool = False) -> None:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # The S3 client's "Found credentials in environment variables" on every command.
+    for name in ("aiobotocore", "botocore", "s3fs"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_job(build_parser: Callable[[], argparse.ArgumentParser], body: Callable[[argparse.Namespace], int],
@@ -63,3 +70,49 @@ def run_job(build_parser: Callable[[], argparse.ArgumentParser], body: Callable[
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+@contextmanager
+def logs_to_file(root: str, stem: str, verbose: bool) -> Iterator[str]:
+    """Send the library's and Ray's log records to ``ROOT/logs/<stem>-<time>.log`` (and
+    on to the console too when ``verbose``) while a job runs; yields the file. With
+    ``root`` on S3 the file is written in the local temporary folder and copied to
+    ``ROOT/logs/`` at the end (an S3 object cannot be appended to)."""
+    file_name = f"{stem}-{time.strftime('%H%M%S')}.log"
+    folder = os.path.join(tempfile.gettempdir(), "interest-logs") if io.is_s3(root) else os.path.join(root, "logs")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, file_name)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    import ray.data  # noqa: F401  (it configures its loggers on import: before they are redirected)
+
+    saved = []
+    for name in ("interest", "ray", "ray.data", "ray.train", "ray.tune", "py.warnings"):
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate, logger.level))
+        if not verbose:  # Ray gives its loggers console handlers of their own; its file handlers stay
+            for h in list(logger.handlers):
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    logger.removeHandler(h)
+            logger.propagate = False
+        logger.addHandler(handler)
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+    if not verbose:
+        logging.captureWarnings(True)  # library warnings into the file, not between the step lines
+        # Set before Ray starts, so its workers inherit them: no model-loading progress bars.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        yield path
+    finally:
+        logging.captureWarnings(False)
+        for logger, handlers, propagate, level in saved:
+            logger.handlers[:] = handlers
+            logger.propagate, logger.level = propagate, level
+        handler.close()
+        if io.is_s3(root):
+            with open(path, "rb") as f:
+                io.write_bytes(f.read(), io.join(root, "logs", file_name))

@@ -7,14 +7,10 @@ manifest. A rerun skips what finished and is unchanged."""
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
-from ray_jobs._common import add_ray_args, init_ray, run_job
+from ray_jobs._common import add_ray_args, init_ray, logs_to_file, run_job
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -41,7 +37,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg = load(args.config, args.set)
     check(cfg)  # everything that can be wrong with the request, before Ray starts
     console = Console()
-    with logs_to_file(cfg.work, cfg.dt, args.verbose) as log_file:
+    with logs_to_file(cfg.work, f"pipeline-{cfg.dt}", args.verbose) as log_file:
         console.line(f"interest pipeline {args.config}: dt={cfg.dt}, tasks {', '.join(cfg.tasks)} -> {cfg.out}"
                      + ("" if args.verbose else f"\n  logs: {log_file}"))
         init_ray(args, quiet=not args.verbose)
@@ -53,46 +49,6 @@ def _main(args: argparse.Namespace) -> int:
             return 3
     print_summary(manifest, time.perf_counter() - start, console)
     return 0
-
-
-@contextmanager
-def logs_to_file(work: str, day: str, verbose: bool) -> Iterator[str]:
-    """Send the library's and Ray's log records to ``WORK/logs/pipeline-<dt>-<time>.log``
-    (and on to the console too when ``verbose``) while the job runs; yields the file."""
-    folder = os.path.join(work, "logs")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"pipeline-{day}-{time.strftime('%H%M%S')}.log")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    import ray.data  # noqa: F401  (it configures its loggers on import: before they are redirected)
-
-    saved = []
-    for name in ("interest", "ray", "ray.data", "ray.train", "ray.tune", "py.warnings"):
-        logger = logging.getLogger(name)
-        saved.append((logger, list(logger.handlers), logger.propagate, logger.level))
-        if not verbose:  # Ray gives its loggers console handlers of their own; its file handlers stay
-            for h in list(logger.handlers):
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                    logger.removeHandler(h)
-            logger.propagate = False
-        logger.addHandler(handler)
-        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
-    if not verbose:
-        logging.captureWarnings(True)  # library warnings into the file, not between the step lines
-        # Set before Ray starts, so its workers inherit them: no model-loading progress bars.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    try:
-        yield path
-    finally:
-        logging.captureWarnings(False)
-        for logger, handlers, propagate, level in saved:
-            logger.handlers[:] = handlers
-            logger.propagate, logger.level = propagate, level
-        handler.close()
 
 
 def print_summary(manifest: dict, seconds: float, console) -> None:

@@ -20,7 +20,7 @@ FLOORS = {
     "interest.data": 2, "interest.text": 2,
     "interest.common": 3, "interest.evaluate.metrics": 3, "interest.evaluate.baselines": 3,
     "interest.tasks": 4,
-    "interest.train": 5, "interest.score": 5, "interest.evaluate": 5, "interest.report": 5,
+    "interest.train": 5, "interest.tune": 5, "interest.score": 5, "interest.evaluate": 5, "interest.report": 5,
     "interest.pipeline": 6,
     "interest.cli": 7, "ray_jobs": 7,
 }

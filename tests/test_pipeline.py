@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from interest import cli
+from interest import cli, io
 from interest import schemas as S
 from interest.pipeline import warehouse as W
 from interest.pipeline.config import retrain_days
@@ -228,6 +228,11 @@ def test_duckdb_reads_the_partitions(nightly):
         f"hive_partitioning = true) r JOIN read_parquet('{nightly['items']}') i USING (item_id) "
         "WHERE r.user_id = ? AND r.dt = ? ORDER BY rank LIMIT 10", [user, DAY]).fetchall()
     assert [r[0] for r in top] == list(range(1, 11)) and all(r[2] for r in top)
+    # The reader's recipe for S3 (README): the files the pointer lists, the same rows.
+    con.execute("SET VARIABLE files = (SELECT flatten(list(files)) FROM read_json(?))",
+                [str(out / W.PUBLISHED / "user_recommendations.json")])
+    assert con.execute("SELECT count(*) FROM read_parquet(getvariable('files'), hive_partitioning = true) "
+                       "WHERE dt = ?", [DAY]).fetchone()[0] == counts["user_recommendations"]
 
 
 @pytest.mark.ray
@@ -311,3 +316,72 @@ def test_the_gate_stops_the_publish(nightly, capsys):
     stopped = [m for m in W.manifests(str(out)) if m["status"].startswith("stopped by the gate")]
     assert stopped and not stopped[-1]["evaluation"]["recommend"]["gate"]["passed"]
     assert json.loads(json.dumps(stopped[-1]))["dt"] == DAY
+
+
+# --- on S3 ------------------------------------------------------------------------------
+
+@pytest.mark.ray
+def test_the_pipeline_reads_and_writes_s3_and_readers_follow_the_pointer(s3_server, synthetic_small, tiny_encoder,
+                                                                          tmp_path, ray_start_4_cpus, capsys):
+    """Input, work and warehouse on S3 (moto's server): every table for every user, each
+    partition published by one PUT of its pointer, the replaced run's files kept for
+    queries already running and the one before deleted."""
+    fs = s3_server
+    fs.put(str(synthetic_small / "events"), "test/nightly/input/events", recursive=True)
+    fs.put(str(synthetic_small / "items.parquet"), "test/nightly/input/items.parquet")
+    path = _config(tmp_path, synthetic_small, tiny_encoder, **{
+        "out": "s3://test/nightly/warehouse", "work": "s3://test/nightly/work",
+        "input": {"input": "s3://test/nightly/input/events", "items": "s3://test/nightly/input/items.parquet"}})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["tasks"] = {k: v for k, v in cfg["tasks"].items() if k in ("sequence", "recommend")}
+    path.write_text(yaml.safe_dump(cfg))
+    out = cfg["out"]
+    runs = []
+    for top_k in (10, 4, 3):
+        assert cli.main(["pipeline", "--config", str(path), "--set", f"tasks.recommend.top_k={top_k}"]) == 0
+        capsys.readouterr()
+        runs.append(W.latest_published(out, DAY))
+        assert cli.main(["verify-output", out, "--dt", DAY]) == 0
+        assert "complete" in capsys.readouterr().out
+    users = set(io.read_parquet("s3://test/nightly/work/prepared/vocab/users").column(S.USER_ID).to_pylist())
+    for table in ("user_next_actions", "user_recommendations"):
+        (entry,) = W.pointer(out, table)
+        assert entry["run_id"] == runs[-1]["run_id"] and entry["location"] == runs[-1]["tables"][table]["path"]
+        assert entry["files"] and all(f.startswith(entry["location"] + "/part-") for f in entry["files"])
+        data = pa.concat_tables(io.read_parquet(f) for f in entry["files"])
+        assert data.schema.equals(S.OUTPUTS[table]) and set(data.column(S.USER_ID).to_pylist()) == users
+    recs = pa.concat_tables(io.read_parquet(f) for f in W.current(out, "user_recommendations", DAY)["files"])
+    assert recs.num_rows == 3 * len(users)  # the last run's top 3 only
+    # Nothing under the tables' own folders (a glob there has no atomic view on S3); the
+    # files of the run replaced last stay for queries already running, the first run's are gone.
+    assert not fs.exists("test/nightly/warehouse/user_recommendations")
+    kept = {W.attempt_of(out, r["tables"]["user_recommendations"]["path"]) for r in runs}
+    assert set(io.children(W.attempts_root(out))) == kept - {W.attempt_of(out, runs[0]["tables"]["user_recommendations"]["path"])}
+    assert any(n.startswith("pipeline-") for n in io.children("s3://test/nightly/work/logs"))
+    # A run reused from S3 by the next night: its checkpoints load from there.
+    assert W.latest_published(out, DAY)["models"]["recommend"]["run"].startswith("s3://test/nightly/work/runs/")
+
+
+@pytest.mark.ray
+def test_the_pipeline_tunes_a_task_then_trains_its_best_config(synthetic_small, tiny_encoder, tmp_path,
+                                                                ray_start_4_cpus, capsys):
+    path = _config(tmp_path, synthetic_small, tiny_encoder)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["tasks"] = {"sequence": {**cfg["tasks"]["sequence"],
+                                 "tune": {"num_samples": 2, "max_concurrent_trials": 1, "space": str(tmp_path / "s.yaml")}}}
+    cfg["tasks"]["sequence"]["config"]["train"]["epochs"] = 2
+    (tmp_path / "s.yaml").write_text("replace: true\ntrain.lr: {low: 0.0001, high: 0.01, log: true}\n")
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["pipeline", "--config", str(path)]) == 0
+    said = capsys.readouterr().out
+    assert "[3/7] tune     sequence" in said and "2 trials" in said
+    manifest = W.latest_published(str(tmp_path / "warehouse"), DAY)
+    search = manifest["models"]["sequence"]["tuned"]["search"]
+    best = yaml.safe_load(Path(search, "best.yaml").read_text())
+    trained = json.loads(next(Path(manifest["models"]["sequence"]["run"]).glob("checkpoint_*/state.json")).read_text())
+    assert trained["config"]["train"]["lr"] == best["train"]["lr"] == manifest["models"]["sequence"]["tuned"][
+        "best"]["params"]["train.lr"]
+    # The next night keeps the search (if_missing) and the run trained with its config.
+    assert cli.main(["pipeline", "--config", str(path), "--set", "dt=2026-12-01"]) == 0
+    said = capsys.readouterr().out
+    assert f"kept the search in {search}" in said and "trials" not in said and "reused" in said

@@ -85,3 +85,11 @@ def test_overrides_keep_yaml_syntax_characters_as_typed():
         assert config.load(Outer, None, [f"inner.name={raw}"]).inner.name == raw
     cfg = config.load(Outer, None, ["inner.name=null", "epochs=3", "on=true", "flags=[a, b]"])
     assert cfg.inner.name is None and cfg.epochs == 3 and cfg.on and cfg.flags == ["a", "b"]
+
+
+def test_a_date_given_to_a_string_key_stays_the_date_as_typed(tmp_path):
+    # YAML reads an unquoted 2026-12-01 as a date; `--set dt=2026-12-01` must still work.
+    assert config.load(Outer, None, ["inner.name=2026-12-01"]).inner.name == "2026-12-01"
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  name: 2026-12-01\n")
+    assert config.load(Outer, path).inner.name == "2026-12-01"

@@ -12,14 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import build_tiny_encoder
 from interest import config as C
 from interest import schemas as S
 from interest.evaluate.metrics import auc, recall_at
 from interest.score.batch import top_per_group
 from interest.tasks.zeroshot.model import ZeroShotModel, ZeroShotModelConfig
 from interest.tasks.zeroshot.newtags import read_new_tags
-from interest.tasks.zeroshot.task import ZeroShotConfig, ZeroShotTask, prototype, tag_text, visible
+from interest.tasks.zeroshot.task import ZeroShotConfig, prototype, tag_text, visible
 from interest.text import encoder as E
 
 

@@ -47,6 +47,37 @@ class GateConfig:
 
 
 @dataclass
+class TuneStep:
+    """A task's hyperparameter search in the pipeline: ``interest tune`` on the prepared
+    data, from the task's ``config``, into ``WORK/tune/<task>/<dt>/``; the task then
+    trains with the search's ``best.yaml``.
+
+    Args:
+        search: when to search: ``if_missing`` (once, and again when the task's config
+            changes), ``never`` (reuse the latest search's best config; the task's own
+            config while there is none), or a schedule, ``every N days``.
+        best: a ``best.yaml`` to use instead of the pipeline's own searches.
+        num_samples, time_budget_s, max_concurrent_trials, cpus_per_trial: as
+            ``interest tune``'s options.
+        space: a YAML file narrowing or replacing the task's default search space.
+    """
+
+    search: str = "if_missing"
+    best: str | None = None
+    num_samples: int = 8
+    time_budget_s: float | None = None
+    max_concurrent_trials: int | None = None
+    cpus_per_trial: int = 1
+    space: str | None = None
+
+    def __post_init__(self):
+        if self.search == "always" or (self.search not in ("if_missing", "never") and
+                                       retrain_days(self.search, strict=False) is None):
+            raise ConfigError(f"tune.search must be if_missing, never or a schedule such as 'every 7 days', "
+                              f"got {self.search!r}")
+
+
+@dataclass
 class TaskStep:
     """One task in the pipeline.
 
@@ -65,6 +96,8 @@ class TaskStep:
         audience: zeroshot: users per tag in ``tag_audiences``.
         refit: fit once more on every event after the gate passes (see
             :class:`PipelineConfig`); False keeps the evaluated weights.
+        tune: search the task's hyperparameters first (:class:`TuneStep`); None: train
+            ``config`` as it is.
     """
 
     retrain: str = "if_missing"
@@ -75,6 +108,7 @@ class TaskStep:
     new_tags: str | None = None
     audience: int = 1000
     refit: bool = True
+    tune: TuneStep | None = None
 
     def __post_init__(self):
         retrain_days(self.retrain)
@@ -82,13 +116,15 @@ class TaskStep:
             raise ConfigError("top_k and audience must be >= 1")
 
 
-def retrain_days(policy: str) -> int | None:
+def retrain_days(policy: str, *, strict: bool = True) -> int | None:
     """Days between trainings of a schedule policy (``every 7 days``, ``7d``); None for
-    ``always``, ``if_missing`` and ``never``."""
+    ``always``, ``if_missing`` and ``never``, and for anything else unless ``strict``."""
     if policy in ("always", "if_missing", "never"):
         return None
     m = re.fullmatch(r"\s*(?:every\s+)?(\d+)\s*(?:d|days?)\s*", str(policy))
     if not m or int(m.group(1)) < 1:
+        if not strict:
+            return None
         raise ConfigError(f"retrain must be always, if_missing, never or a schedule such as 'every 7 days', "
                           f"got {policy!r}")
     return int(m.group(1))
@@ -121,10 +157,11 @@ class PipelineConfig:
     """``interest pipeline --config FILE``.
 
     Args:
-        out: the warehouse folder: ``OUT/<table>/dt=YYYY-MM-DD/part-*.parquet`` and the
+        out: the warehouse folder, local or ``s3://``: ``OUT/<table>/dt=YYYY-MM-DD/part-*.parquet``
+            (on S3 under ``OUT/_data/``, named by ``OUT/_published/<table>.json``) and the
             run manifests ``OUT/_runs/<run_id>.json``.
-        work: the pipeline's own state: prepared data, item vectors, model runs, step
-            records and logs.
+        work: the pipeline's own state, local or ``s3://`` (on a cluster: shared
+            storage): prepared data, item vectors, model runs, step records and logs.
         dt: the partition date (default: today, UTC).
         generate: write a synthetic log to ``input.input`` first when it is absent (the demo).
         input: the prepare step's config (``out`` is ``WORK/prepared``).

@@ -18,13 +18,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+import yaml
 
 from interest import config as C
 from interest import io
@@ -34,7 +35,9 @@ from interest.data.synthetic import generate
 from interest.evaluate.baselines import GRIDS
 from interest.evaluate.harness import evaluate
 from interest.pipeline import warehouse as W
-from interest.pipeline.config import PipelineConfig, TaskStep, absolute, gate_of, retrain_days, task_config
+from interest.common.space import check as check_space
+from interest.common.space import from_yaml
+from interest.pipeline.config import PipelineConfig, TaskStep, TuneStep, absolute, gate_of, retrain_days, task_config
 from interest.score.batch import plan, score_users, write_audiences
 from interest.tasks import get_task
 from interest.tasks.zeroshot.newtags import read_for, read_new_tags
@@ -42,6 +45,7 @@ from interest.text.embed import embed_items
 from interest.text.encoder import resolve
 from interest.train.checkpoint import latest_checkpoint, load_state
 from interest.train.loop import fit
+from interest.tune.search import BEST, SearchConfig, prepare_search, search
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,7 @@ class Pipeline:
         self.day = self.cfg.dt
         self.prepared = absolute(self.cfg.prepared)
         self.steps_dir = io.join(self.cfg.work, "_steps")
+        self.tuned: dict[str, dict[str, Any]] = {}  # task -> the best config of its search
         self.manifest: dict[str, Any] = {"dt": self.day, "status": "running", "started": _now(),
                                          "config": self.raw_config, "steps": [], "models": {}, "evaluation": {}}
 
@@ -163,6 +168,9 @@ class Pipeline:
                 out["note"] = self.embed()
         runs = {}
         for name, step in cfg.tasks.items():
+            if step.tune is not None:
+                with self.step(3, "tune", name) as out:
+                    out["note"] = self.tune(name, step.tune)
             with self.step(3, "train", name) as out:
                 runs[name], out["note"] = self.train(name, step)
         for name, step in cfg.tasks.items():
@@ -181,8 +189,8 @@ class Pipeline:
         self.manifest["run_id"] = run_id
         if not self.force and io.exists(W.manifest_path(cfg.out, run_id)):
             before = io.read_json(W.manifest_path(cfg.out, run_id))
-            if before["status"] == "published" and all(W.published_by(t["path"]) == run_id
-                                                        for t in before["tables"].values()):
+            if before["status"] == "published" and all((W.current(cfg.out, t, self.day) or {}).get("run_id") == run_id
+                                                        for t in before["tables"]):
                 self.console.line(f"[6/7] score, [7/7] publish: run {run_id} (same models, data and settings) is "
                                   f"already published; nothing to do (--force scores again)")
                 return {**before, "already_published": True}
@@ -218,26 +226,72 @@ class Pipeline:
         report = self.record("embed", fp, embed_items(self.prepared, absolute(self.cfg.item_vectors), self.cfg.embed))
         return f"{report['embedded']:,} new or changed items embedded, {report['already_embedded']:,} kept"
 
-    # --- train, evaluate, refit ---------------------------------------------------------
+    # --- tune, train, evaluate, refit ---------------------------------------------------
 
-    def runs_dir(self, name: str) -> str:
-        return runs_dir(self.cfg, name)
+    def task_cfg(self, name: str) -> Any:
+        """Task ``name``'s config as it trains: its search's best when it has one."""
+        task = get_task(name)
+        if name in self.tuned:
+            return C.from_dict(task.config_cls, self.tuned[name], where=f"the best config of tasks.{name}: ")
+        return task_config(self.cfg, name)
 
-    def finished_runs(self, name: str) -> list[tuple[str, dict[str, Any]]]:
-        return finished_runs(self.runs_dir(name))
+    def tune(self, name: str, t: TuneStep) -> str:
+        """Search the task's hyperparameters when due (:class:`TuneStep`), and take the
+        best config found."""
+        if t.best:
+            self.tuned[name] = yaml.safe_load(io.read_bytes(absolute(t.best)))
+            self.manifest["models"][name] = {"tuned": {"best": t.best}}
+            return f"best config {t.best}"
+        base = C.to_dict(task_config(self.cfg, name))
+        fp = fingerprint(base, files_fingerprint(t.space), t.num_samples)
+        root = io.join(self.cfg.work, "tune", name)
+        searches = [(f, io.read_json(io.join(f, MARKER))) for f in (io.join(root, d) for d in io.children(root))
+                    if io.exists(io.join(f, MARKER))]
+        same = [(f, m) for f, m in searches if m["fingerprint"] == fp]
+        days = retrain_days(t.search)
+        if t.search == "never":
+            found, note = (searches[-1][0] if searches else None), "search: never"
+        elif t.search == "if_missing":
+            found, note = (same[-1][0] if same else None), "no search of this config"
+        else:
+            recent = [f for f, m in same if dt.date.fromisoformat(m["dt"]) >
+                      dt.date.fromisoformat(self.day) - dt.timedelta(days)]
+            found, note = (recent[-1] if recent else None), f"search: every {days} days"
+        if found is None and t.search != "never":
+            found = io.join(root, self.day)
+            space, fixed = (None, {}) if not t.space else from_yaml(absolute(t.space), get_task(name).space(
+                task_config(self.cfg, name)))
+            base, space = prepare_search(name, self.prepared, base, space, fixed)
+            summary = search(name, self.prepared, found, base, space,
+                             SearchConfig(num_samples=t.num_samples, time_budget_s=t.time_budget_s,
+                                          max_concurrent_trials=t.max_concurrent_trials,
+                                          cpus_per_trial=t.cpus_per_trial),
+                             say=lambda line: self.console.line(f"           {line}"), log_file=self.log_file)
+            io.write_json({"dt": self.day, "fingerprint": fp, "finished": _now(),
+                           "best": summary["best"], "trials": summary["trials"],
+                           "stopped_early": summary["stopped_early"]}, io.join(found, MARKER))
+            note = f"{note}: {summary['trials']} trials ({summary['stopped_early']} stopped early), best " \
+                   f"{summary['metric']} {summary['best'][summary['metric']]:.4f}"
+        elif found is None:
+            return "search: never, and no search has run: the task's own config"
+        else:
+            note = f"kept the search in {found}"
+        self.tuned[name] = yaml.safe_load(io.read_bytes(io.join(found, BEST)))
+        self.manifest["models"][name] = {"tuned": {"search": found, **io.read_json(io.join(found, MARKER))}}
+        return note
 
     def choose_run(self, name: str, step: TaskStep) -> tuple[str, str | None]:
         """(run folder, why it must be trained; None: reuse it as it is)."""
-        cfg_fp = fingerprint(C.to_dict(task_config(self.cfg, name)))
+        cfg_fp = fingerprint(C.to_dict(self.task_cfg(name)))
         if step.run:
             return absolute(step.run), None
-        finished = self.finished_runs(name)
+        finished = finished_runs(runs_dir(self.cfg, name))
         same = [(f, m) for f, m in finished if m["config"] == cfg_fp]
-        tonight = os.path.join(self.runs_dir(name), self.day)
+        tonight = io.join(runs_dir(self.cfg, name), self.day)
         if step.retrain == "never":
             if not finished:
                 raise ConfigError(f"tasks.{name}.retrain is never, and no run of {name} exists in "
-                                  f"{self.runs_dir(name)}; give tasks.{name}.run")
+                                  f"{runs_dir(self.cfg, name)}; give tasks.{name}.run")
             return finished[-1][0], None
         if step.retrain == "always":
             return (tonight, None) if any(f == tonight for f, _ in same) else (tonight, "retrain: always")
@@ -250,13 +304,13 @@ class Pipeline:
 
     def train(self, name: str, step: TaskStep) -> tuple[str, str]:
         run, why = self.choose_run(name, step)
+        model = self.manifest["models"].setdefault(name, {})
         if why is None:
-            self.manifest["models"][name] = {"run": run, "trained": _marker(run)}
+            model.update(run=run, trained=_marker(run))
             return run, f"reused {run}"
-        marker = os.path.join(run, MARKER)
-        if os.path.exists(marker):  # an older training of another config under tonight's name
-            shutil.rmtree(run)
-        task_cfg = task_config(self.cfg, name)
+        if io.exists(io.join(run, MARKER)):  # an older training of another config under tonight's name
+            io.remove(run)
+        task_cfg = self.task_cfg(name)
         t = self.cfg.train
         result = fit(name, self.prepared, run, C.to_dict(task_cfg), num_workers=t.num_workers, use_gpu=t.use_gpu,
                      cpus_per_worker=t.cpus_per_worker, log_file=self.log_file)
@@ -265,21 +319,22 @@ class Pipeline:
         metrics = result.metrics or {}
         io.write_json({"task": name, "dt": self.day, "config": fingerprint(C.to_dict(task_cfg)),
                        "prepared": self.manifest["input"]["fingerprint"], "finished": _now(),
-                       "epochs": metrics.get("epoch", -1) + 1, "best_epoch": metrics.get("best_epoch")}, marker)
-        self.manifest["models"][name] = {"run": run, "trained": _marker(run)}
+                       "epochs": metrics.get("epoch", -1) + 1, "best_epoch": metrics.get("best_epoch")},
+                      io.join(run, MARKER))
+        model.update(run=run, trained=_marker(run))
         return run, f"{why}: trained {metrics.get('epoch', -1) + 1} epochs -> {run}"
 
     def evaluate(self, name: str, step: TaskStep, run: str) -> str:
         metric, beat, margin = gate_of(name, step)
-        task_cfg = task_config(self.cfg, name)
+        task_cfg = self.task_cfg(name)
         if name == "zeroshot" and not (getattr(task_cfg, "holdout", None) or getattr(task_cfg, "judge", None)):
             self.manifest["evaluation"][name] = {"gate": {"passed": True, "why": "not evaluated: no held-out tags "
                                                           "(tasks.zeroshot.config.holdout) to judge new tags on"}}
             return "not evaluated: no held-out tags configured"
         baselines = tuple(dict.fromkeys(["popularity", *(b for b in beat if b in GRIDS)]))
         fp = fingerprint(_marker(run), self.manifest["input"]["fingerprint"], baselines)
-        path = os.path.join(run, "metrics_test.json")
-        results = io.read_json(path) if os.path.exists(path) and not self.force else None
+        path = io.join(run, "metrics_test.json")
+        results = io.read_json(path) if io.exists(path) and not self.force else None
         note = "unchanged: kept"
         if results is None or results.get("pipeline_fingerprint") != fp:
             results = {**evaluate(run, self.prepared, baselines=baselines), "pipeline_fingerprint": fp}
@@ -303,12 +358,12 @@ class Pipeline:
             return run, f"{why}; newest training event {trained_to}"
         target = f"{run}+refit-{self.day}"
         fp = fingerprint(_marker(run), self.manifest["input"]["fingerprint"], self.cfg.refit_epochs)
-        marker = os.path.join(target, MARKER)
-        if os.path.exists(marker) and io.read_json(marker).get("fingerprint") == fp and not self.force:
+        marker = io.join(target, MARKER)
+        if io.exists(marker) and io.read_json(marker).get("fingerprint") == fp and not self.force:
             self._age(name, max(newest.values()), refit=True, run=target)
             return target, f"unchanged: kept {target}"
-        if os.path.exists(marker):  # a refit of other weights or data; a half-done one resumes
-            shutil.rmtree(target)
+        if io.exists(marker):  # a refit of other weights or data; a half-done one resumes
+            io.remove(target)
         refit_cfg = C.to_dict(cfg)
         refit_cfg["train"] = {**refit_cfg["train"], "events": "all", "epochs": self.cfg.refit_epochs, "refit": 0}
         t = self.cfg.train
@@ -343,13 +398,14 @@ class Pipeline:
     def score(self, run_id: str, scored: dict[str, str]) -> tuple[dict[str, Any], str]:
         cfg, day = self.cfg, self.day
         for attempt in W.attempts(cfg.out, run_id):
-            marker = io.join(cfg.out, W.STAGING, attempt, SCORED)
+            marker = io.join(W.attempts_root(cfg.out), attempt, SCORED)
             if io.exists(marker) and not self.force:
                 return io.read_json(marker), "scored before this rerun: kept"
         # A pass that crashed half-way: its files are not trusted, and its actors may still
         # be writing (a killed driver's Ray workers finish their queued batches), so this
-        # attempt writes to a folder of its own.
-        W.discard_attempts(cfg.out, run_id)
+        # attempt writes to a folder of its own. One that readers are pointed at (S3, a
+        # rerun with --force) stays until another replaces it.
+        W.discard_attempts(cfg.out, run_id + ".", keep=W.live_attempts(cfg.out, day))
         attempt = f"{run_id}.{uuid.uuid4().hex[:8]}"
         behaviors = self.manifest["input"]["behaviors"]
         outputs = []
@@ -374,20 +430,27 @@ class Pipeline:
             done["summary"]["tag_audiences"] = {"sources": {"model": rows}}
         result = {"users": done["users"], "tables": tables, "summary": done["summary"], "attempt": attempt,
                   "users_per_s": round(done["users"] / max(seconds, 1e-9), 1)}
-        io.write_json(result, io.join(cfg.out, W.STAGING, attempt, SCORED))
+        io.write_json(result, io.join(W.attempts_root(cfg.out), attempt, SCORED))
         return result, f"{done['users']:,} users, {sum(t['rows'] for t in tables.values()):,} rows, " \
                        f"{result['users_per_s']:,.0f} users/s"
 
     def publish(self, run_id: str, scores: dict[str, Any]) -> str:
         cfg, day = self.cfg, self.day
+        replaced = set()
         for table in scores["tables"]:
             staged, final = W.staged(cfg.out, scores["attempt"], table, day), W.partition(cfg.out, table, day)
             if io.exists(staged):
-                W.publish(staged, final, run_id)
-            elif W.published_by(final) != run_id:
+                location = W.publish(staged, final, run_id)
+            elif W.published_by(final) == run_id:  # swapped in before a crash
+                location = final
+            else:
                 raise io.InputError(f"{staged} is gone and {final} was not published by run {run_id}: "
                                     "rerun with --force to score again")
-            scores["tables"][table].update(path=final, files=sorted(os.path.basename(f) for f in io.expand(final)))
+            files, before = W.point(cfg.out, table, day, run_id, location)
+            if before:
+                replaced.add(W.attempt_of(cfg.out, before))
+            scores["tables"][table].update(path=location, files=[f.rsplit("/", 1)[-1] for f in files])
+        self.manifest["attempt"] = scores["attempt"]
         self.manifest["tables"] = scores["tables"]
         self.manifest["users"] = scores["users"]
         self.manifest["summary"] = summary_with_shares(scores["summary"], scores["users"],
@@ -396,7 +459,10 @@ class Pipeline:
         self.manifest["drift"] = drift(self.manifest["summary"], previous["summary"]) if previous else {}
         self.manifest["drift_against"] = previous["run_id"] if previous else None
         self.finish("published")
-        W.discard_attempts(cfg.out, run_id)
+        # What no reader is pointed at: this day's other attempts, and on S3 the files of
+        # the run before the one just replaced (the replaced run's stay for queries
+        # already running).
+        W.discard_attempts(cfg.out, f"{day}-", keep=W.live_attempts(cfg.out, day) | replaced)
         return f"run {run_id}; manifest {W.manifest_path(cfg.out, run_id)}"
 
     def finish(self, status: str) -> None:
@@ -411,27 +477,20 @@ def runs_dir(cfg: PipelineConfig, name: str) -> str:
 
 def finished_runs(root: str) -> list[tuple[str, dict[str, Any]]]:
     """(folder, marker) of the finished trainings under ``root``, oldest first (refits excluded)."""
-    if not os.path.isdir(root):
-        return []
-    found = [os.path.join(root, d) for d in sorted(os.listdir(root)) if "+refit" not in d]
-    return [(f, io.read_json(os.path.join(f, MARKER))) for f in found if os.path.exists(os.path.join(f, MARKER))]
+    found = [io.join(root, d) for d in io.children(root, folders=True) if "+refit" not in d]
+    return [(f, io.read_json(io.join(f, MARKER))) for f in found if io.exists(io.join(f, MARKER))]
 
 
 def check(cfg: PipelineConfig) -> None:
     """Everything that can be wrong with a pipeline request, on the driver before Ray
     starts: storage, inputs, runs that must exist, new-tags files, the encoder."""
     for key, path in (("out", cfg.out), ("work", cfg.work)):
-        if io.is_s3(path):
-            raise ConfigError(f"{key}: {path}: the pipeline's {key} folder must be on a local or shared filesystem "
-                              "for now (inputs may be on S3)")
+        probe = io.join(path, f".probe-{os.getpid()}")
         try:
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, f".probe-{os.getpid()}")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
-        except OSError as exc:
-            raise ConfigError(f"{key}: cannot write to {path}: {exc.strerror}") from None
+            io.write_json({}, probe)
+            io.remove(probe)
+        except OSError as exc:  # no folder, no bucket, no permission, no credentials
+            raise ConfigError(f"{key}: cannot write to {path}: {exc.strerror or exc}") from None
     if cfg.generate is None:
         io.expand(cfg.input.get("input", ""))  # InputError naming a missing input
     prepared_ready = io.exists(cfg.prepared) and io.is_complete(cfg.prepared)
@@ -443,6 +502,11 @@ def check(cfg: PipelineConfig) -> None:
                               f"{runs_dir(cfg, name)}: give tasks.{name}.run or let it train")
         if step.new_tags:
             (read_for(step.new_tags, cfg.prepared) if prepared_ready else read_new_tags(step.new_tags))
+        if step.tune and step.tune.best and not io.exists(absolute(step.tune.best)):
+            raise ConfigError(f"tasks.{name}.tune.best: {step.tune.best} does not exist")
+        if step.tune and step.tune.space:
+            task, base = get_task(name), task_config(cfg, name)
+            check_space(from_yaml(absolute(step.tune.space), task.space(base))[0], task.config_cls, C.to_dict(base))
     if any(name in ("tags", "recommend", "zeroshot") for name in cfg.tasks):
         resolve(cfg.embed.encoder)
 
@@ -452,10 +516,10 @@ def _now() -> str:
 
 
 def _marker(run: str) -> dict[str, Any] | None:
-    path = os.path.join(run, MARKER)
-    if os.path.exists(path):
+    path = io.join(run, MARKER)
+    if io.exists(path):
         return io.read_json(path)
-    return {"given": run, "checkpoint": os.path.basename(latest_checkpoint(run))}
+    return {"given": run, "checkpoint": latest_checkpoint(run).rsplit("/", 1)[-1]}
 
 
 def _headline(results: dict[str, Any]) -> dict[str, Any]:

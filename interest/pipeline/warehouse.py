@@ -2,23 +2,33 @@
 
 Each table lives at ``OUT/<table>/dt=YYYY-MM-DD/part-*.parquet``; ``dt`` is the folder,
 not a column (DuckDB's ``hive_partitioning``, Spark, Hive and Trino read it from the
-path). A run writes its partitions under ``OUT/_staging/<run_id>.<attempt>/`` (outside every
-table's folder, so no reader's glob of a table picks them up; a new folder for each
-attempt, since the workers of a killed attempt may still be writing for a while), then
-publishes each partition whole:
+path). Each scoring attempt (``<run_id>.<random>``: a new one each time, since the
+workers of a killed attempt may still be writing for a while) writes its own folder,
+outside every table's folder, so no reader's glob of a table picks it up. Then each
+partition is published whole:
 
-- the staged folder takes the partition's place in one ``renameat2(RENAME_EXCHANGE)``,
-  an atomic swap of two folders (Linux); a reader listing the partition sees the old
-  files or the new ones, never a mix and never nothing. Where the call is missing
-  (another OS, a filesystem without it) it is two renames, old aside then new in: for
-  that instant a reader sees no partition, still never half of one;
-- a crash before the swap leaves the previous partition as it was; a finished
-  attempt's files wait under ``_staging`` for the rerun, which publishes them, and an
-  unfinished one is discarded and scored again.
+- **Local or shared filesystem.** Attempts write under ``OUT/_staging/``. The staged
+  folder takes the partition's place in one ``renameat2(RENAME_EXCHANGE)``, an atomic
+  swap of two folders (Linux): a reader listing the partition sees the old files or the
+  new ones, never a mix and never nothing. Where the call is missing (another OS, a
+  filesystem without it) it is two renames, old aside then new in: for that instant a
+  reader sees no partition, still never half of one.
+- **S3**, which has no rename. Attempts write under ``OUT/_data/<attempt>/<table>/dt=D/``
+  and the files stay there. Publishing points readers at them: ``OUT/_published/<table>.json``
+  lists, per ``dt``, the run, its folder and its files, and is replaced in one PUT
+  (S3 PUTs are atomic and read-after-write consistent), so a reader that follows it
+  (DuckDB via ``getvariable``, or a metastore's ``ALTER TABLE ... SET LOCATION``) sees
+  the old run's files or the new run's, never a mix. The replaced run's files are kept
+  until the next publish of that ``dt``, so queries already running finish; older
+  ones are deleted. Nothing appears under ``OUT/<table>/`` on S3: a glob there would
+  have no atomic view to give.
 
-Every published partition holds ``_SUCCESS`` (the run that wrote it): Parquet readers
-skip files starting with ``_``. The run manifest ``OUT/_runs/<run_id>.json`` is written
-last; :func:`verify` checks a partition against it.
+A crash before publication leaves the previous partition as it was; a finished
+attempt waits for the rerun, which publishes it, and an unfinished one is discarded
+and scored again. Every published folder holds ``_SUCCESS`` (the run that wrote it;
+Parquet readers skip files starting with ``_``). The pointer files are written on both
+kinds of storage; the run manifest ``OUT/_runs/<run_id>.json`` is written last, and
+:func:`verify` checks a day's partitions against it.
 """
 
 from __future__ import annotations
@@ -26,8 +36,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as dt
+import logging
 import os
-import shutil
 from typing import Any
 
 import pyarrow as pa
@@ -37,32 +47,50 @@ import pyarrow.dataset as pads
 from interest import io
 from interest import schemas as S
 
+log = logging.getLogger(__name__)
+
 RUNS = "_runs"
-STAGING = "_staging"
+STAGING = "_staging"  # local: attempts, swapped into the partitions when published
+DATA = "_data"  # S3: attempts, where the files stay once published
+PUBLISHED = "_published"  # <table>.json: what readers should read, per dt
 
 
 def partition(out: str, table: str, day: str) -> str:
     return io.join(out, table, f"dt={day}")
 
 
+def attempts_root(out: str) -> str:
+    return io.join(out, DATA if io.is_s3(out) else STAGING)
+
+
 def staged(out: str, attempt: str, table: str, day: str) -> str:
     """A partition as scoring attempt ``attempt`` (``<run_id>.<random>``) writes it."""
-    return io.join(out, STAGING, attempt, table, f"dt={day}")
+    return io.join(attempts_root(out), attempt, table, f"dt={day}")
+
+
+def home(out: str, table: str, day: str, attempt: str) -> str:
+    """Where a published partition's files are: the partition folder locally, the
+    attempt's own folder on S3."""
+    return staged(out, attempt, table, day) if io.is_s3(out) else partition(out, table, day)
 
 
 def attempts(out: str, run_id: str) -> list[str]:
-    """The scoring attempts of ``run_id`` under ``OUT/_staging``."""
-    folder = os.path.join(out, STAGING)
-    return sorted(a for a in os.listdir(folder) if a.startswith(run_id + ".")) if os.path.isdir(folder) else []
+    """The scoring attempts of ``run_id``."""
+    return [a for a in io.children(attempts_root(out), folders=True) if a.startswith(run_id + ".")]
 
 
-def discard_attempts(out: str, run_id: str) -> None:
-    """Remove ``run_id``'s scoring attempts, and the staging folder once it is empty."""
-    for attempt in attempts(out, run_id):
-        shutil.rmtree(os.path.join(out, STAGING, attempt), ignore_errors=True)
-    folder = os.path.join(out, STAGING)
-    if os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
+def discard_attempts(out: str, prefix: str, keep: set[str] = frozenset()) -> None:
+    """Remove the attempts whose name starts with ``prefix`` (a run id and its dot, or a
+    day), except ``keep``; and the staging folder once it is empty."""
+    root = attempts_root(out)
+    for attempt in io.children(root, folders=True):
+        if attempt.startswith(prefix) and attempt not in keep:
+            try:
+                io.remove(io.join(root, attempt))
+            except OSError as exc:  # a killed attempt's workers still writing: the next run's clean-up
+                log.warning("could not remove the scoring attempt %s yet: %s", attempt, exc)
+    if not io.is_s3(out) and os.path.isdir(root) and not os.listdir(root):
+        os.rmdir(root)
 
 
 def published_by(folder: str) -> str | None:
@@ -83,23 +111,66 @@ def _exchange(a: str, b: str) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def publish(staged_folder: str, final: str, run_id: str) -> None:
-    """Make the staged partition the published one, whole (see the module's docstring)."""
-    if io.is_s3(final):
-        raise io.InputError(f"{final}: publishing partitions to S3 is not supported yet; write the warehouse to a "
-                            "local or shared filesystem")
+def publish(staged_folder: str, final: str, run_id: str) -> str:
+    """Make the staged partition the published one, whole (see the module's docstring);
+    returns where its files now are: ``final`` locally, the staged folder on S3 (which
+    :func:`point` then names)."""
     io.write_json({"run_id": run_id, "published": dt.datetime.now(dt.timezone.utc).isoformat()},
                   io.join(staged_folder, io.SUCCESS))
+    if io.is_s3(staged_folder):
+        return staged_folder
     os.makedirs(os.path.dirname(final), exist_ok=True)
     if not os.path.exists(final):
         os.rename(staged_folder, final)
-        return
+        return final
     if not _exchange(staged_folder, final):
         aside = staged_folder + ".replaced"
         os.rename(final, aside)
         os.rename(staged_folder, final)
         staged_folder = aside
-    shutil.rmtree(staged_folder)  # after the swap it holds the replaced partition
+    io.remove(staged_folder)  # after the swap it holds the replaced partition
+    return final
+
+
+def pointer_path(out: str, table: str) -> str:
+    return io.join(out, PUBLISHED, f"{table}.json")
+
+
+def pointer(out: str, table: str) -> list[dict[str, Any]]:
+    """``table``'s published partitions, a record per dt: dt, run_id, location, files
+    (full paths: what a reader reads)."""
+    path = pointer_path(out, table)
+    return io.read_json(path) if io.exists(path) else []
+
+
+def current(out: str, table: str, day: str) -> dict[str, Any] | None:
+    """The published partition of ``table`` for ``day``, or None."""
+    return next((p for p in pointer(out, table) if p["dt"] == day), None)
+
+
+def point(out: str, table: str, day: str, run_id: str, location: str) -> tuple[list[str], str | None]:
+    """Point readers of ``table``'s ``day`` at ``location``, in one write; returns (the
+    files, the location it replaces). One writer at a time: the nightly job."""
+    files = [f"s3://{f}" if io.is_s3(location) else f for f in io.expand(location)]
+    entries = pointer(out, table)
+    before = next((p["location"] for p in entries if p["dt"] == day), None)
+    entries = sorted([p for p in entries if p["dt"] != day] +
+                     [{"dt": day, "run_id": run_id, "location": location, "files": files}], key=lambda p: p["dt"])
+    io.write_json(entries, pointer_path(out, table))
+    return files, before
+
+
+def attempt_of(out: str, location: str) -> str | None:
+    """The attempt whose folder holds ``location`` (S3), or None (a local partition)."""
+    root = attempts_root(out).rstrip("/") + "/"
+    return location[len(root):].split("/", 1)[0] if location.startswith(root) else None
+
+
+def live_attempts(out: str, day: str) -> set[str]:
+    """The attempts readers are pointed at for ``day`` (S3): never to be deleted."""
+    tables = [n[:-len(".json")] for n in io.children(io.join(out, PUBLISHED)) if n.endswith(".json")]
+    found = {attempt_of(out, p["location"]) for t in tables for p in pointer(out, t) if p["dt"] == day}
+    return found - {None}
 
 
 def manifest_path(out: str, run_id: str) -> str:
@@ -137,13 +208,17 @@ def verify(out: str, day: str) -> list[str]:
     else:
         problems.append(f"cannot check completeness: the prepared users {vocab} are gone")
     for table, info in manifest["tables"].items():
-        folder = partition(out, table, day)
+        folder = home(out, table, day, manifest["attempt"])  # from ``out``: a copied warehouse checks itself
         if not io.exists(folder):
             problems.append(f"{table}: partition {folder} is missing")
             continue
         if published_by(folder) != manifest["run_id"]:
             problems.append(f"{table}: {folder} was published by run {published_by(folder)}, not by the manifest's "
                             f"{manifest['run_id']}")
+        entry = current(out, table, day)
+        if entry is None or entry["run_id"] != manifest["run_id"]:
+            problems.append(f"{table}: {pointer_path(out, table)} points readers at run "
+                            f"{entry and entry['run_id']}, not at the manifest's {manifest['run_id']}")
         fs, inner = io.filesystem(folder)
         data = pads.dataset(inner, filesystem=fs, format="parquet")
         problems += _schema_problems(table, data.schema)

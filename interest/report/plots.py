@@ -57,3 +57,21 @@ def line_chart(path: str, series: dict[str, tuple[Sequence[float], Sequence[floa
     ax.legend(fontsize=8, frameon=False, loc="best")
     return _save(fig, path)
 
+
+
+def curves_chart(path: str, curves: dict[str, tuple[Sequence[float], Sequence[float], bool]], *, title: str,
+                 xlabel: str, ylabel: str) -> str:
+    """One thin line per curve (x, y, stopped); the best curve's peak highlighted, and a
+    cross where a stopped curve ended (a search's trials, ASHA's early stops)."""
+    fig, ax = _axes(title, xlabel, ylabel)
+    best = max(curves, key=lambda k: max(curves[k][1]), default=None)
+    for name, (xs, ys, stopped) in curves.items():
+        top = name == best
+        ax.plot(xs, ys, color=COLORS[0] if top else COLORS[7], alpha=1.0 if top else 0.35,
+                linewidth=2 if top else 1, marker="o" if top else None, markersize=3,
+                label=f"best: {name}" if top else None)
+        if stopped:
+            ax.plot(xs[-1], ys[-1], "x", color=COLORS[3], markersize=7)
+    ax.plot([], [], "x", color=COLORS[3], label="stopped early")
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    return _save(fig, path)

@@ -39,9 +39,9 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.score.fallback import Fallback, complete, for_table
-from interest.tasks import Task, get_task
+from interest.tasks import Task
 from interest.tasks.zeroshot.newtags import read_for
-from interest.train.checkpoint import latest_checkpoint, load_model, load_state
+from interest.train.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 class Output:
     """One table of a scoring pass: the run that scores it, where its files go, the
     parameters fitted once on the driver (calibration, new tags' vectors) and the
-    fallback of users the model cannot score."""
+    fallback of users the model cannot score, and the prepared columns the task reads."""
 
     task: str
     run: str
@@ -58,6 +58,7 @@ class Output:
     folder: str
     params: dict[str, Any]
     fallback: Fallback
+    columns: list[str]
 
     @property
     def scalars(self) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def plan(run: str, prepared: str, folder: str, *, top_k: int = 10, tags: str | N
     params["top_k"] = top_k
     fallback = for_table(task.output, prepared, top_k, behavior_counts=behavior_counts, meta=meta,
                          tag_names=params.get("tag_names", ()))
-    return Output(task.name, run, task.output, folder, params, fallback)
+    return Output(task.name, run, task.output, folder, params, fallback, task.train_columns())
 
 
 class Scorer:
@@ -175,7 +176,7 @@ def score_users(outputs: list[Output], prepared: str, *, batch_size: int = 512, 
     as batches finish."""
     import ray.data
 
-    columns = list(dict.fromkeys(c for o in outputs for c in load_columns(o.run)))
+    columns = list(dict.fromkeys(c for o in outputs for c in o.columns))
     for o in outputs:
         io.makedirs(o.folder)
     sequences = ray.data.read_parquet(io.join(prepared, "sequences"))
@@ -210,10 +211,6 @@ def block_bytes(prepared: str, users: int) -> int:
         size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     return max(1 << 20, int(size / max(rows, 1) * users))
 
-
-def load_columns(run: str) -> list[str]:
-    """The prepared columns a run's task reads."""
-    return get_task(load_state(latest_checkpoint(run))["task"]).train_columns()
 
 
 def top_per_group(batch: pa.Table, key: str, by: str, n: int) -> pa.Table:

@@ -17,6 +17,7 @@ import torch.nn as nn
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.data.prepare import load_report
+from interest.common.space import Space
 from interest.evaluate.metrics import means_from_sums
 
 
@@ -147,6 +148,13 @@ class Task:
     output: ClassVar[str]
     # Scoring reads a file of new tags (``interest score --tags``) into ``score_params``.
     scores_new_tags: ClassVar[bool] = False
+
+    # The ranges `interest tune` searches by default, declared beside the task's config.
+    search_space: ClassVar[Space] = {}
+
+    def space(self, cfg: Any) -> Space:
+        """The default search space for ``cfg`` (a model kind may have its own)."""
+        return dict(self.search_space)
 
     def load_meta(self, cfg: Any, prepared: str) -> Meta:
         """Sizes of the prepared dataset, plus whatever else the task reads (runs on every worker)."""

@@ -7,16 +7,19 @@ choices made on the validation events the refit trained on), ``optimizer.pt`` (t
 and numbers only, read with ``weights_only=True``), ``state.json`` (epoch, best metric,
 the task's config) and ``items.parquet`` (the item vocabulary the model's indices refer
 to). :func:`load_model` is how evaluation and scoring read a run.
+
+Training writes a checkpoint in a local folder and Ray Train copies it to the run's
+storage; the readers here take a run on local disk or ``s3://`` alike.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
 from interest import config as C
@@ -56,12 +59,13 @@ def save(folder: str, model: nn.Module, best: dict[str, torch.Tensor], optimizer
 
 
 def load_state(folder: str) -> dict:
-    with open(os.path.join(folder, STATE)) as f:
-        return json.load(f)
+    return io.read_json(io.join(folder, STATE))
 
 
 def read_weights(folder: str, which: str = MODEL) -> dict[str, torch.Tensor]:
-    return load_file(os.path.join(folder, which))
+    if io.is_s3(folder):
+        return load_bytes(io.read_bytes(io.join(folder, which)))
+    return load_file(os.path.join(folder, which))  # memory-mapped
 
 
 def load_optimizer(folder: str, optimizer: torch.optim.Optimizer) -> None:
@@ -69,11 +73,12 @@ def load_optimizer(folder: str, optimizer: torch.optim.Optimizer) -> None:
 
 
 def has_weights(folder: str, which: str) -> bool:
-    return os.path.exists(os.path.join(folder, which))
+    return io.exists(io.join(folder, which))
 
 
 def latest_checkpoint(run: str) -> str:
-    found = sorted(p for p in glob.glob(os.path.join(run, "checkpoint_*")) if os.path.isdir(p))
+    """The newest ``checkpoint_*`` folder of ``run`` (Ray Train numbers them in order)."""
+    found = [io.join(run, name) for name in io.children(run, folders=True) if name.startswith("checkpoint_")]
     if not found:
         raise io.InputError(f"no checkpoint in {run}; train first (`interest train ... --out {run}`)")
     return found[-1]

@@ -120,6 +120,9 @@ def summed_gradients(task, model: torch.nn.Module, batch: dict[str, np.ndarray],
     return flat, count, total
 
 
+PLACEMENT_GROUP = "placement_group"  # the report's key of the workers' placement group (hex id)
+
+
 def _valid(metrics: dict[str, float]) -> dict[str, float]:
     """Validation figures as reported (and kept in the JSON state): ``valid/`` names, floats."""
     return {f"valid/{k}": float(v) for k, v in metrics.items()}
@@ -154,6 +157,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 to_file.setFormatter(handler.formatter)
                 package_log.addHandler(to_file)
     torch.set_num_threads(config.get("threads", 1))  # the CPUs Ray reserved for this worker
+    # A search's trials name their workers' placement group, so the search can remove it
+    # when it stops a trial (see interest.tune.search.Progress).
+    group = ray.util.get_current_placement_group() if config.get("report_placement_group") else None
+    placement = {PLACEMENT_GROUP: group.id.hex()} if group else {}
     task = get_task(config["task"])
     cfg = C.from_dict(task.config_cls, config["cfg"])
     tc = cfg.train
@@ -199,7 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                  time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as folder:
             ckpt.save(folder, model, ckpt.weights(model), None, state, vocab)
-            ray.train.report({**_valid(metrics), "epoch": 0, "best": value,
+            ray.train.report({**_valid(metrics), **placement, "epoch": 0, "best": value,
                               "best_epoch": 0, "train_s": time.perf_counter() - start},
                              checkpoint=ray.train.Checkpoint.from_directory(folder))
         return
@@ -337,7 +344,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 ckpt.save(folder, model, best, optimizer, state, vocab, prerefit)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(report, checkpoint=checkpoint)
+            ray.train.report({**report, **placement}, checkpoint=checkpoint)
 
     def peaks() -> list[float]:
         """Every worker's peak memory (MB) since the last :func:`memory.reset_peak`."""
@@ -446,12 +453,23 @@ def absolute_paths(cfg: Any) -> None:
             setattr(cfg, key, os.path.abspath(value))
 
 
-def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, num_workers: int = 2,
-        use_gpu: bool = False, cpus_per_worker: int = 1, max_failures: int = 1, init_from: str | None = None,
-        log_file: str | None = None):
+def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], **kwargs):
     """Train ``task_name`` on the connected Ray cluster; returns Ray Train's ``Result``.
-    ``init_from``: a checkpoint folder whose best weights the model starts from (a refit).
-    ``log_file``: the workers' progress lines go there too (appended).
+    Arguments as :func:`trainer`'s."""
+    return trainer(task_name, prepared, out, cfg_dict, **kwargs).fit()
+
+
+def trainer(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, num_workers: int = 2,
+            use_gpu: bool = False, cpus_per_worker: int = 1, gpus_per_worker: float = 1.0, max_failures: int = 1,
+            init_from: str | None = None, log_file: str | None = None, callbacks: tuple = (),
+            report_placement_group: bool = False):
+    """The ``TorchTrainer`` of ``task_name`` writing its run to ``out`` (an existing run
+    resumes from its latest checkpoint). ``gpus_per_worker``: with ``use_gpu``, a
+    fraction shares a GPU between workers (a search's trials). ``init_from``: a
+    checkpoint folder whose best weights the model starts from (a refit). ``log_file``:
+    the workers' progress lines go there too (appended). ``callbacks``: Ray Train's (a
+    Tune search reports each epoch through one). ``report_placement_group``: every
+    report names the workers' placement group (``PLACEMENT_GROUP``).
 
     Every check that can fail on the user's input runs here, before any worker starts.
     """
@@ -485,19 +503,22 @@ def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, nu
     out = str(out).rstrip("/")
     run_dir = out if io.is_s3(out) else os.path.abspath(out)
     parent, name = run_dir.rsplit("/", 1)
-    trainer = TorchTrainer(
+    # On S3, Ray Train writes through the same filesystem as the rest of the library
+    # (s3fs, honouring AWS_ENDPOINT_URL for any S3-compatible store).
+    storage_fs, parent = io.filesystem(parent) if io.is_s3(parent) else (None, parent)
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task_name, "cfg": C.to_dict(cfg), "prepared": prepared,
                            "log_level": logging.getLogger("interest").getEffectiveLevel(),
                            "threads": cpus_per_worker, "init_from": init_from,
-                           "log_file": log_file},
+                           "log_file": log_file, "report_placement_group": report_placement_group},
         # Each worker holds the memory it needs, so Ray places no more workers on a node
         # than fit there, instead of its memory monitor killing them mid-run.
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, "memory": need_mb * 2 ** 20}),
+                                     resources_per_worker={"CPU": cpus_per_worker, "memory": need_mb * 2 ** 20,
+                                                           **({"GPU": gpus_per_worker} if use_gpu else {})}),
         datasets={"train": sequences, "valid": sequences},
-        run_config=RunConfig(name=name, storage_path=parent,
+        run_config=RunConfig(name=name, storage_path=parent, storage_filesystem=storage_fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures), callbacks=list(callbacks)),
     )
-    return trainer.fit()

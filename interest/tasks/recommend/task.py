@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from interest import io
 from interest import schemas as S
+from interest.common.space import Choice, Float, Int, Space
 from interest.common.events import event_counts, history_matrix, interaction_matrix, user_items, windows
 from interest.common.topn import top_n, top_of_rows
 from interest.config import ConfigError
@@ -111,9 +112,33 @@ class Users:
     bought: list[np.ndarray] | None = None
 
 
+# What `interest tune` searches by default (a YAML file narrows or replaces it): the
+# two-tower's training, or the one setting of a closed-form model (a single-step trial).
+SEARCH_SPACE: Space = {
+    "train.lr": Float(1e-4, 1e-2, log=True),
+    "train.batch_size": Choice((64, 128, 256)),
+    "model.dim": Choice((32, 64, 128)),
+    "model.dropout": Float(0.0, 0.5),
+    "model.id_dropout": Float(0.0, 0.5),
+    "model.max_len": Choice((50, 100, 200)),
+}
+CLOSED_FORM_SPACES: dict[str, Space] = {
+    "ease": {"model.lam": Float(1.0, 1e4, log=True)},
+    "itemknn": {"model.k": Int(5, 500, log=True)},
+}
+
+
 class RecommendTask(Task):
     name = "recommend"
     config_cls = RecommendConfig
+    search_space = SEARCH_SPACE
+
+    def space(self, cfg: RecommendConfig) -> Space:
+        if cfg.model.kind == "two_tower":
+            return dict(SEARCH_SPACE)
+        if cfg.model.kind not in CLOSED_FORM_SPACES:
+            raise ConfigError(f"model.kind {cfg.model.kind} has nothing to search")
+        return dict(CLOSED_FORM_SPACES[cfg.model.kind])
     evaluation = "top_n"
     output = "user_recommendations"
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from interest import io
 from interest import schemas as S
+from interest.common.space import Choice, Float, Space
 from interest.config import ConfigError
 from interest.common.events import event_counts, training_steps, windows
 from interest.common.topn import seen_pairs, top_n, top_of_rows
@@ -104,9 +105,21 @@ def _tensors(device, *arrays):
     return [torch.as_tensor(a, device=device) for a in arrays]
 
 
+# What `interest tune` searches by default (a YAML file narrows or replaces it).
+SEARCH_SPACE: Space = {
+    "train.lr": Float(1e-4, 1e-2, log=True),
+    "train.batch_size": Choice((64, 128, 256)),
+    "model.dim": Choice((32, 64, 128)),
+    "model.dropout": Float(0.0, 0.5),
+    "model.max_len": Choice((20, 50, 100)),
+    "transitions": Choice((0.0, 0.1, 0.3)),
+}
+
+
 class SequenceTask(Task):
     name = "sequence"
     config_cls = SequenceConfig
+    search_space = SEARCH_SPACE
     evaluation = "next_item"
     output = "user_next_actions"
     LENGTH_GROUPS = 4

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from interest import io
 from interest import schemas as S
+from interest.common.space import Choice, Float, Space
 from interest.config import ConfigError
 from interest.common.events import future_windows, training_steps, windows
 from interest.evaluate.metrics import multilabel_sums
@@ -123,9 +124,20 @@ class Examples:
     target: np.ndarray  # (B, n_tags) label weights
 
 
+# What `interest tune` searches by default (a YAML file narrows or replaces it).
+SEARCH_SPACE: Space = {
+    "train.lr": Float(1e-4, 1e-2, log=True),
+    "train.batch_size": Choice((32, 64, 128)),
+    "model.dim": Choice((32, 64, 128)),
+    "model.dropout": Float(0.0, 0.5),
+    "model.max_len": Choice((20, 50, 100)),
+}
+
+
 class TagsTask(Task):
     name = "tags"
     config_cls = TagsConfig
+    search_space = SEARCH_SPACE
     validate_initial = True  # the untrained head ranks as "the user's own tags" (see model._Head)
     evaluation = "tags"
     output = "user_tags"

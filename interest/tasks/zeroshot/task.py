@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from interest import io
 from interest import schemas as S
+from interest.common.space import Choice, Float, Space
 from interest.common import tags as L
 from interest.common.events import future_windows, windows
 from interest.config import ConfigError
@@ -150,9 +151,21 @@ class Examples:
     next_item: np.ndarray  # (B,) a random item of the later window (-1: none)
 
 
+# What `interest tune` searches by default (a YAML file narrows or replaces it).
+SEARCH_SPACE: Space = {
+    "train.lr": Float(1e-4, 1e-2, log=True),
+    "train.batch_size": Choice((32, 64, 128)),
+    "model.facets": Choice((1, 2, 4, 8)),
+    "model.dropout": Float(0.0, 0.5),
+    "model.anchor": Float(0.0, 0.9),
+    "model.max_len": Choice((20, 50, 100)),
+}
+
+
 class ZeroShotTask(Task):
     name = "zeroshot"
     config_cls = ZeroShotConfig
+    search_space = SEARCH_SPACE
     evaluation = "zeroshot"
     output = "user_zeroshot"
     scores_new_tags = True
