@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pulls a multi-GB CUDA build. GPU machines keep pyproject's open range.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-nightly bench clean
 
 install: $(STAMP)
 
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m ray_jobs.demo --config configs/demo.yaml
 
+# The suite CI runs (within 20 minutes on 2 cores); test-nightly adds the long tests
+# (marked `nightly`: more searches, the S3 pipeline, a second of each learning test).
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not nightly"
+
+test-nightly: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

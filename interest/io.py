@@ -6,12 +6,14 @@ S3 goes through s3fs, which honours the usual ``AWS_*`` credential variables; we
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import os
 import posixpath
 import shutil
+import time
 import uuid
 from typing import Any
 
@@ -26,6 +28,37 @@ _HIDDEN = ("_", ".")
 
 class InputError(ValueError):
     """An input path, file or format is unusable; the message names it."""
+
+
+class StorageError(OSError):
+    """A store could not be reached, or failed a request, once its client's retries
+    were spent; the message names the bucket and what was being done."""
+
+
+def _bucket(path: str) -> str:
+    return str(path).split("://", 1)[1].split("/", 1)[0]
+
+
+@contextlib.contextmanager
+def storage_errors(path: str, doing: str):
+    """Turn a failure of the S3 store under ``path`` inside the block into one
+    :class:`StorageError`: which bucket, at which endpoint, doing what, after how long.
+
+    The clients retry first: botocore each request with exponential backoff (its
+    default, 5 attempts), s3fs its retryable errors again (5 times, backing off), about
+    half a minute against an unreachable endpoint. Local paths' errors pass unchanged."""
+    start = time.monotonic()
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:  # botocore's errors are not OSErrors: told apart by their module
+        module = type(exc).__module__.split(".")[0]
+        if not is_s3(path) or not (isinstance(exc, OSError) or module in ("botocore", "aiobotocore", "aiohttp")):
+            raise
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+        raise StorageError(f"{doing}: S3 bucket {_bucket(path)!r} ({endpoint}) failed after "
+                           f"{time.monotonic() - start:.0f} s of retries: {exc}") from exc
 
 
 def is_s3(path: str) -> bool:

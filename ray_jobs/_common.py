@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from interest import io
 from interest.config import ConfigError
-from interest.io import InputError
+from interest.io import InputError, StorageError
 from interest.schemas import SchemaError
 
 USER_ERRORS = (ConfigError, InputError, SchemaError)
@@ -70,6 +70,9 @@ def run_job(build_parser: Callable[[], argparse.ArgumentParser], body: Callable[
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # not the user's doing, but as plain: the store and what failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 @contextmanager

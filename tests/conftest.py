@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -26,8 +27,9 @@ def _free_port() -> int:
 S3_PORT = _free_port()
 os.environ.update({
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    # Values no file would hold by chance: tests look for them where no credential may go.
+    "AWS_ACCESS_KEY_ID": "AKIDINTERESTTESTKEY1",
+    "AWS_SECRET_ACCESS_KEY": "interest-test-secret-0f3a9c",
     "AWS_DEFAULT_REGION": "us-east-1",
 })
 
@@ -97,42 +99,187 @@ def s3_server():
     proc.wait(10)
 
 
+@contextlib.contextmanager
+def ray_head(cpus: int = 4):
+    """A real Ray head, as `ray start --head` makes one on a cluster's head node: on free
+    ports, in a temp dir of its own (so nothing else on this machine finds it by
+    accident), with the Jobs API. Yields the Jobs API's address; stops every process it
+    started."""
+    import signal
+    import tempfile
+
+    ports = {flag: _free_port() for flag in ("port", "dashboard-port", "ray-client-server-port",
+                                             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                             "runtime-env-agent-port", "metrics-export-port")}
+    venv_bin = str(Path(sys.executable).parent)
+    # The jobs' `python` is this environment's, as on a node whose setup installed it.
+    env = dict(os.environ, PATH=f"{venv_bin}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    with tempfile.TemporaryDirectory(prefix="rayhead-", dir="/tmp") as temp:
+        env["RAY_TMPDIR"] = temp
+        cmd = [f"{venv_bin}/ray", "start", "--head", "--block", f"--num-cpus={cpus}", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
+               *(f"--{flag}={port}" for flag, port in ports.items())]
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        address = f"http://127.0.0.1:{ports['dashboard-port']}"
+        try:
+            from ray.job_submission import JobSubmissionClient
+
+            deadline = time.time() + 90
+            while True:
+                try:
+                    JobSubmissionClient(address).list_jobs()
+                    break
+                except Exception:  # not listening yet
+                    if time.time() > deadline or proc.poll() is not None:
+                        pytest.fail(f"the Ray head did not start ({' '.join(cmd)})")
+                    time.sleep(1)
+            yield address
+        finally:
+            for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(wait)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
+
+
+# A head that offers no CPU and two worker nodes, as processes of one machine
+# (ray.cluster_utils.Cluster); prints the address, then holds the nodes until stdin closes.
+_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+for name in ("a", "b"):
+    cluster.add_node(num_cpus=3, object_store_memory=300 * 2**20, resources={f"node_{name}": 1})
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+sys.stdin.read()
+cluster.shutdown()
+"""
+
+
+@contextlib.contextmanager
+def three_nodes():
+    """A Ray cluster of three nodes on this machine (:data:`_CLUSTER`): yields its
+    address; shuts it down after."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="raycl-", dir="/tmp") as temp:
+        env = dict(os.environ, RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled")  # its address file stays in temp
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.Popen([sys.executable, "-c", _CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+        try:
+            address = proc.stdout.readline().strip()
+            if not address:
+                pytest.fail("the three-node cluster did not start")
+            yield address
+        finally:
+            proc.stdin.close()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                import signal
+
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def kill_node_running(marker: str, timeout: float = 120) -> int:
+    """SIGKILL the raylet (the node) whose workers include a process whose command line
+    holds ``marker``, and all its workers: a node vanishing. Returns the raylet's pid."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for raylet in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(raylet.info["cmdline"] or [])
+            if "/raylet" not in cmd.split(" ")[0] or "node_" not in cmd:
+                continue
+            try:
+                children = raylet.children(recursive=True)
+                if any(marker in " ".join(c.cmdline()) for c in children):
+                    for proc in [raylet, *children]:
+                        proc.kill()
+                    return raylet.pid
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.1)
+    pytest.fail(f"no worker node ran a process with {marker!r}")
+
+
+class Outage:
+    """A TCP proxy in front of a server (moto's S3) that a test can cut: while ``down``,
+    every connection is accepted and closed at once (each one recorded, so a test sees
+    the client's retries and their spacing) and open connections are dropped; back up,
+    bytes flow again."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.upstream, self.down, self.refused = port, False, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self.down = True
+        for conn in self.open:
+            conn.close()
+
+    def restore(self) -> None:
+        self.down, self.refused = False, []
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            if self.down:
+                self.refused.append(time.monotonic())
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for conn in (src, dst):
+                conn.close()
+
+
+@pytest.fixture
+def s3_outage(s3_server, monkeypatch):
+    """The driver's S3 traffic through an :class:`Outage` proxy to moto's server."""
+    outage = Outage(S3_PORT)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", outage.url)
+    yield outage
+    outage.close()
+
+
 def build_tiny_encoder(folder: Path, corpus: list[str], hidden: int = 32, bag_of_words: bool = False) -> Path:
-    """A random 2-layer BERT and a WordPiece tokenizer whose vocabulary is ``corpus``'s
-    words and CJK characters, saved as a Hugging Face folder (nothing downloaded).
+    """A random 2-layer BERT over ``corpus``'s words (:func:`interest.text.encoder.random_bert`)."""
+    from interest.text.encoder import random_bert
 
-    ``bag_of_words``: the layers' attention and feed-forward outputs and the position
-    embeddings are zeroed, so a mean-pooled vector is the mean of its tokens' random
-    embeddings: texts that share words get similar vectors, as with a trained encoder,
-    which tests of semantics (clusters, zero-shot transfer) need and random layers blur."""
-    import re
-
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = set()
-    for text in corpus:
-        # What BERT's basic tokenizer makes of text: lower-cased words, punctuation, and
-        # every CJK character on its own.
-        words.update(re.findall(r"[\u4e00-\u9fff]|[^\W_\u4e00-\u9fff]+|[^\w\s]|_", text.lower()))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
-    folder.mkdir(parents=True, exist_ok=True)
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=256)
-    import torch
-
-    torch.manual_seed(0)
-    model = BertModel(config)
-    if bag_of_words:
-        with torch.no_grad():
-            model.embeddings.position_embeddings.weight.zero_()
-            model.embeddings.token_type_embeddings.weight.zero_()
-            for layer in model.encoder.layer:
-                for dense in (layer.attention.output.dense, layer.output.dense):
-                    dense.weight.zero_()
-                    dense.bias.zero_()
-    model.save_pretrained(folder)
-    return folder
+    return Path(random_bert(str(folder), corpus, hidden=hidden, bag_of_words=bag_of_words))
 
 
 def prepare_planted(root: Path, items: dict[str, list], events: list[tuple], corpus: list[str]) -> dict:

@@ -1,10 +1,12 @@
 """The command line: help for every command, clear errors, and generate + prepare end to end."""
 
+import argparse
 import json
 
 import pytest
 
-from interest import cli
+from interest import cli, io
+from ray_jobs._common import run_job
 
 
 def test_help_for_every_command(capsys):
@@ -47,3 +49,13 @@ def test_generate_then_prepare(tmp_path, capsys, ray_start_4_cpus):
                      "--out", str(tmp_path / "p"), "--set", "split.method=time"]) == 0
     out = capsys.readouterr().out
     assert "total" in out and "900" in out and "split time" in out
+
+
+def test_a_store_that_fails_is_one_line_naming_it_and_status_1(capsys):
+    message = "publishing 2026-12-01: S3 bucket 'b' (http://127.0.0.1:9) failed after 10 s of retries: refused"
+
+    def body(args):
+        raise io.StorageError(message)
+
+    assert run_job(argparse.ArgumentParser, body, []) == 1
+    assert capsys.readouterr().err == f"error: {message}\n"

@@ -24,8 +24,10 @@ from interest.pipeline.config import retrain_days
 from interest.pipeline.run import check_gate, drift
 from interest.score.batch import Summary, summarize
 from interest.score.fallback import Fallback, complete
+from conftest import kill_node_running, ray_head, three_nodes
 
 DAY = "2026-11-30"
+ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("user_next_actions", "user_tags", "user_recommendations", "user_zeroshot", "tag_audiences")
 
 
@@ -101,6 +103,37 @@ def test_publish_swaps_a_partition_whole(tmp_path):
     assert not list((tmp_path / "_staging").rglob("*.parquet"))  # the replaced partition is gone
 
 
+def test_an_unreachable_s3_during_publication_is_retried_then_named_and_no_partition_changes(s3_outage):
+    out, day, tables = "s3://test/outage", "2026-12-01", ["user_tags", "user_recommendations"]
+
+    def stage(attempt: str, rows: int) -> None:
+        for table in tables:
+            io.write_parquet(pa.table({"x": list(range(rows))}), W.staged(out, attempt, table, day) + "/part-0.parquet")
+
+    stage(f"{day}-a.1", 3)
+    W.publish_attempt(out, f"{day}-a.1", tables, day, "run-a")
+    stage(f"{day}-b.1", 5)
+    s3_outage.cut()
+    start = time.monotonic()
+    with pytest.raises(io.StorageError, match=r"publishing 2026-12-01: S3 bucket 'test' \(http://127.0.0.1:\d+\)"):
+        W.publish_attempt(out, f"{day}-b.1", tables, day, "run-b")
+    waited = time.monotonic() - start
+    tries = s3_outage.refused
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    print(f"S3 cut: {len(tries)} connections refused over {waited:.1f} s, gaps {[round(g, 2) for g in gaps]}")
+    # The client retried, waiting between tries (it may open two connections per try).
+    waits = [g for g in gaps if g > 0.1]
+    assert len(tries) >= 3 and len(waits) >= 2 and sum(waits) >= 2 and waited < 120
+    s3_outage.restore()
+    for table in tables:  # every partition as run a published it, whole
+        current = W.current(out, table, day)
+        assert current["run_id"] == "run-a"
+        assert pq.read_table(current["files"][0], filesystem=io.s3fs_filesystem()).num_rows == 3
+    # Once S3 answers again, the rerun's publication goes through.
+    W.publish_attempt(out, f"{day}-b.1", tables, day, "run-b")
+    assert {W.current(out, t, day)["run_id"] for t in tables} == {"run-b"}
+
+
 # --- checks before Ray ------------------------------------------------------------------
 
 def _config(root: Path, synthetic: Path, encoder: Path, **changes) -> Path:
@@ -157,14 +190,24 @@ def test_a_bad_config_fails_before_ray_starts(tmp_path, synthetic_small, tiny_en
 # --- the job on Ray ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def nightly(tmp_path_factory, synthetic_small, tiny_encoder, ray_start_4_cpus):
-    """One night of the pipeline on ``synthetic_small``: (config, warehouse, console output)."""
+def nightly(tmp_path_factory, synthetic_small, tiny_encoder):
+    """One night of the pipeline on ``synthetic_small``, submitted through the Jobs API (what
+    `ray job submit --working-dir .` does) to a Ray head started for it: (config,
+    warehouse, the job's console output)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     root = tmp_path_factory.mktemp("nightly")
     path = _config(root, synthetic_small, tiny_encoder)
-    out = subprocess.run([sys.executable, "-m", "interest.cli", "pipeline", "--config", str(path)],
-                         capture_output=True, text=True, timeout=900, env=_env())
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return {"config": path, "out": root / "warehouse", "work": root / "work", "stdout": out.stdout,
+    with ray_head() as address:
+        client = JobSubmissionClient(address)
+        job = client.submit_job(entrypoint=f"python -m ray_jobs.pipeline --config {path}",
+                                runtime_env={"working_dir": str(ROOT), "excludes": [".git"]})
+        deadline = time.time() + 900
+        while not (status := client.get_job_status(job)).is_terminal() and time.time() < deadline:
+            time.sleep(2)
+        logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    return {"config": path, "out": root / "warehouse", "work": root / "work", "stdout": logs,
             "items": synthetic_small / "items.parquet"}
 
 
@@ -282,6 +325,34 @@ def test_a_scoring_pass_killed_midway_leaves_the_partition_and_a_rerun_completes
 
 
 @pytest.mark.ray
+def test_a_worker_node_lost_while_scoring_loses_and_repeats_no_user(nightly):
+    """Issue 24: a three-node cluster; the node running a scoring actor vanishes (its
+    raylet and workers SIGKILLed) in the middle of the scoring pass. The job still
+    completes, and verify-output finds every user exactly once in every table. The
+    models are the nightly run's; a new day's partition is scored."""
+    day, out = "2026-12-03", str(nightly["out"])
+    with three_nodes() as address:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_jobs.pipeline", "--config", str(nightly["config"]),
+                                 "--address", address, "--set", f"dt={day}", "--set", "score.concurrency=2",
+                                 "--set", "score.batch_size=4"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+        said = []
+        for line in proc.stdout:  # until the pass has scored its first users
+            said.append(line)
+            if "users," in line and "rows" in line:
+                break
+        killed = kill_node_running("Scorer")
+        said += proc.stdout.readlines()
+        proc.wait(600)
+    said = "".join(said)
+    assert proc.returncode == 0, said[-4000:]
+    assert killed and "[7/7] publish" in said
+    assert cli.main(["verify-output", out, "--dt", day]) == 0  # every user once in every table
+    manifest = W.latest_published(out, day)
+    assert manifest["users"] == len(_users(nightly["work"]))
+
+
+@pytest.mark.ray
 def test_verify_output_finds_a_missing_user_and_a_repeated_rank(nightly, tmp_path, capsys):
     bad = tmp_path / "warehouse"
     shutil.copytree(nightly["out"], bad)
@@ -321,6 +392,7 @@ def test_the_gate_stops_the_publish(nightly, capsys):
 # --- on S3 ------------------------------------------------------------------------------
 
 @pytest.mark.ray
+@pytest.mark.nightly  # long: `make test-nightly` (README, Development)
 def test_the_pipeline_reads_and_writes_s3_and_readers_follow_the_pointer(s3_server, synthetic_small, tiny_encoder,
                                                                           tmp_path, ray_start_4_cpus, capsys):
     """Input, work and warehouse on S3 (moto's server): every table for every user, each
@@ -337,9 +409,10 @@ def test_the_pipeline_reads_and_writes_s3_and_readers_follow_the_pointer(s3_serv
     path.write_text(yaml.safe_dump(cfg))
     out = cfg["out"]
     runs = []
+    said = ""
     for top_k in (10, 4, 3):
         assert cli.main(["pipeline", "--config", str(path), "--set", f"tasks.recommend.top_k={top_k}"]) == 0
-        capsys.readouterr()
+        said += "".join(capsys.readouterr())
         runs.append(W.latest_published(out, DAY))
         assert cli.main(["verify-output", out, "--dt", DAY]) == 0
         assert "complete" in capsys.readouterr().out
@@ -360,9 +433,22 @@ def test_the_pipeline_reads_and_writes_s3_and_readers_follow_the_pointer(s3_serv
     assert any(n.startswith("pipeline-") for n in io.children("s3://test/nightly/work/logs"))
     # A run reused from S3 by the next night: its checkpoints load from there.
     assert W.latest_published(out, DAY)["models"]["recommend"]["run"].startswith("s3://test/nightly/work/runs/")
+    # DuckDB reads the published partition through s3fs, by the pointer (README's recipe).
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    con.execute("SET VARIABLE files = (SELECT flatten(list(files)) FROM read_json(?))",
+                [f"{out}/{W.PUBLISHED}/user_recommendations.json"])
+    assert con.execute("SELECT count(*), count(DISTINCT user_id) FROM read_parquet(getvariable('files'), "
+                       "hive_partitioning = true)").fetchone() == (3 * len(users), len(users))
+    # No credential in what the jobs said, wrote or logged: every object of the bucket.
+    secrets = [os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]]
+    assert not any(secret in said for secret in secrets)
+    written = [f for f in fs.find("test/nightly") if not f.startswith("test/nightly/input/")]
+    assert len(written) > 50 and not [f for f in written if any(x.encode() in fs.cat_file(f) for x in secrets)]
 
 
 @pytest.mark.ray
+@pytest.mark.nightly  # long: `make test-nightly` (README, Development)
 def test_the_pipeline_tunes_a_task_then_trains_its_best_config(synthetic_small, tiny_encoder, tmp_path,
                                                                 ray_start_4_cpus, capsys):
     path = _config(tmp_path, synthetic_small, tiny_encoder)

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from interest import io, schemas as S
-from interest.data.prepare import PrepareConfig, SplitConfig, load_report, prepare
+from interest.data.prepare import PrepareConfig, SplitConfig, prepare
+from interest.data.prepared import load_report
 from interest.io import InputError
 
 pytestmark = pytest.mark.ray

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from interest import schemas as S
 from interest.data import prepare as P
+from interest.data import prepared
 
 KW = dict(fmt="events", ts_unit="s", min_ts="1990-01-01", max_ts="2030-01-01", buckets=4, require_split=False)
 
@@ -142,8 +143,8 @@ def test_a_dataset_prepared_in_an_older_format_fails_with_a_clear_message(tmp_pa
     from interest.io import SUCCESS, InputError
 
     (tmp_path / SUCCESS).write_text('{"complete": true}')
-    (tmp_path / P.REPORT).write_text(json.dumps({"schema_version": 1, "users": 3}))  # format 1 had no version key
+    (tmp_path / prepared.REPORT).write_text(json.dumps({"schema_version": 1, "users": 3}))  # format 1: no version key
     with pytest.raises(InputError, match="prepared in format 1.*Run `interest prepare` again"):
-        P.load_report(str(tmp_path))
-    (tmp_path / P.REPORT).write_text(json.dumps({"format_version": P.FORMAT_VERSION, "users": 3}))
-    assert P.load_report(str(tmp_path))["users"] == 3
+        prepared.load_report(str(tmp_path))
+    (tmp_path / prepared.REPORT).write_text(json.dumps({"format_version": prepared.FORMAT_VERSION, "users": 3}))
+    assert prepared.load_report(str(tmp_path))["users"] == 3

@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from interest import io
-from interest.data.prepare import PrepareConfig, load_report, prepare
+from interest.data.prepare import PrepareConfig, prepare
+from interest.data.prepared import load_report
 
 pytestmark = pytest.mark.ray
 

@@ -217,7 +217,10 @@ TINY = {"preset": "tiny", "mask_seen": False, "train": {"epochs": 10, "batch_siz
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("kind,precision", [("sasrec", "fp32"), ("gru", "bf16")])
+@pytest.mark.parametrize("kind,precision", [
+    ("sasrec", "fp32"),
+    pytest.param("gru", "bf16", marks=pytest.mark.nightly),  # long: `make test-nightly`
+])
 def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, precision, monkeypatch):
     from interest.evaluate import harness
     from interest.evaluate.harness import evaluate
@@ -366,6 +369,7 @@ def test_validation_on_a_user_sample_and_the_rate_decays_at_plateaus(loops_prepa
 
 
 @pytest.mark.ray
+@pytest.mark.nightly  # long: `make test-nightly` (README, Development)
 def test_a_ddp_run_repeats_with_its_seed(loops_prepared, tmp_path):
     from interest.train import checkpoint as ckpt
     from interest.train.loop import fit
@@ -389,6 +393,19 @@ def test_bad_requests_fail_before_workers_start(loops_prepared, tmp_path):
         check("sequence", str(tmp_path), {}, 2)
 
 
+def _epochs_done(run: Path) -> int:
+    """Epochs of the newest readable checkpoint of ``run`` (0: none yet)."""
+    from interest.train import checkpoint as ckpt
+
+    done = 0
+    for p in run.glob("checkpoint_*"):
+        try:
+            done = max(done, ckpt.load_state(str(p))["epoch"])
+        except (OSError, ValueError):  # a checkpoint still being written
+            pass
+    return done
+
+
 @pytest.mark.ray
 def test_killed_run_resumes_from_its_checkpoint(loops_prepared, tmp_path):
     from interest.train import checkpoint as ckpt
@@ -401,20 +418,11 @@ def test_killed_run_resumes_from_its_checkpoint(loops_prepared, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
     deadline = time.time() + 180
-    def epochs_done() -> int:
-        done = 0
-        for p in run.glob("checkpoint_*"):
-            try:
-                done = max(done, ckpt.load_state(str(p))["epoch"])
-            except (OSError, ValueError):  # a checkpoint still being written
-                pass
-        return done
-
-    while time.time() < deadline and epochs_done() < 2:
+    while time.time() < deadline and _epochs_done(run) < 2:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole local cluster of that job dies
     proc.wait()
-    done = epochs_done()
+    done = _epochs_done(run)
     assert done >= 2
     result = fit("sequence", str(loops_prepared), str(run),
                  {"preset": "tiny", "train": {"epochs": done + 2, "patience": 200, "batch_size": 16, "refit": 1}},
@@ -427,3 +435,39 @@ def test_killed_run_resumes_from_its_checkpoint(loops_prepared, tmp_path):
     assert state["refit"] == 1 and result.metrics["refit"] == 1
     best, last = ckpt.read_weights(result.checkpoint.path, ckpt.BEST), ckpt.read_weights(result.checkpoint.path)
     assert all(torch.equal(best[k], last[k]) for k in best)
+
+
+@pytest.mark.ray
+def test_a_training_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(loops_prepared, tmp_path):
+    """Issue 24: one DDP worker process dies under a live Ray Train controller (not the
+    whole job); the controller restarts the worker group, which resumes from the last
+    checkpoint, and the run finishes all its epochs."""
+    import threading
+
+    import psutil
+
+    from interest.train import checkpoint as ckpt
+    from interest.train.loop import fit
+
+    run, started, killed = tmp_path / "run", time.time(), {}
+
+    def kill_a_worker():
+        deadline = time.time() + 240
+        while time.time() < deadline and _epochs_done(run) < 2:
+            time.sleep(0.1)
+        time.sleep(0.3)  # into the next epoch
+        workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
+                   if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+                   and p.info["create_time"] >= started - 1]
+        if workers:
+            killed.update(pid=workers[-1].pid, after=_epochs_done(run), workers=len(workers))
+            workers[-1].kill()
+
+    threading.Thread(target=kill_a_worker, daemon=True).start()
+    epochs = 8
+    result = fit("sequence", str(loops_prepared), str(run),
+                 {"preset": "tiny", "train": {"epochs": epochs, "patience": epochs, "batch_size": 8}}, num_workers=2)
+    assert killed.get("workers") == 2, killed  # one of this run's two workers was killed
+    assert result.error is None
+    state = ckpt.load_state(result.checkpoint.path)
+    assert 1 <= state["resumed_from"] <= killed["after"] and state["epoch"] == epochs

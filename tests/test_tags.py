@@ -151,7 +151,10 @@ def planted(ray_start_4_cpus, tmp_path_factory):
 
 
 # finetune on 2 workers: DDP fails on encoder parameters the head never uses (BERT's pooler).
-@pytest.mark.parametrize("mode,epochs,lr,workers", [("cached", 30, 0.01, 1), ("finetune", 20, 0.003, 2)])
+@pytest.mark.parametrize("mode,epochs,lr,workers", [
+    ("cached", 30, 0.01, 1),
+    pytest.param("finetune", 20, 0.003, 2, marks=pytest.mark.nightly),  # long: `make test-nightly`
+])
 def test_mode_learns_planted_tags_and_scores_with_evidence(planted, mode, epochs, lr, workers):
     from interest.evaluate.harness import evaluate
     from interest.score.batch import score

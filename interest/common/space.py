@@ -106,18 +106,6 @@ def from_yaml(path: str, default: Space) -> tuple[Space, dict[str, Any]]:
     return space, fixed
 
 
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}``."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
-
-
 def merge(base: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
     """``base`` (a nested config dict) with the dotted ``flat`` values set in it."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}

@@ -49,17 +49,12 @@ from interest.config import ConfigError
 from interest.data import adapters
 from interest.data.adapters import PATH_COL, InputError
 from interest.data.csv_source import MALFORMED, read_csv_stream
+from interest.data.prepared import FORMAT_VERSION, REPORT, load_report
 from interest.data.validate import Bounds, event_reasons, quarantine_table, validate_items
 
 log = logging.getLogger(__name__)
 
 BUCKET = "_bucket"
-REPORT = "prepare_report.json"
-# The prepared folder's format, recorded in the report; an older folder fails to load
-# with a message instead of being read wrongly.
-FORMATS = {1: "items indexed by popularity over every split",
-           2: "items indexed by id, never by the data; extendable (PrepareConfig.extends)"}
-FORMAT_VERSION = 2
 SPLIT_METHODS = ("leave_last", "time", "given")
 # Staged rows: kept events (reason null) or quarantined rows (record set), one schema.
 STAGED = pa.schema(
@@ -812,19 +807,6 @@ def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats
         "buckets": buckets,
         "seconds": round(seconds, 2),
     }
-
-
-def load_report(prepared: str) -> dict[str, Any]:
-    """The report of a prepared dataset; a clear error if the folder is not one, or was
-    prepared in an older format."""
-    if not io.is_complete(prepared):
-        raise InputError(f"{prepared} is not a prepared dataset (no {io.SUCCESS}); run `interest prepare` first")
-    report = io.read_json(io.join(prepared, REPORT))
-    version = report.get("format_version", 1)
-    if version != FORMAT_VERSION:
-        raise InputError(f"{prepared} was prepared in format {version}; this version of interest reads format "
-                         f"{FORMAT_VERSION} ({FORMATS.get(FORMAT_VERSION)}). Run `interest prepare` again")
-    return report
 
 
 def _event_counts(batch: pa.Table) -> pa.Table:

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ import yaml
 from interest import config as C
 from interest import io
 from interest.config import ConfigError
-from interest.data.prepare import event_summary, load_report, prepare
+from interest.data.prepare import event_summary, prepare
+from interest.data.prepared import load_report
 from interest.data.synthetic import generate
 from interest.evaluate.baselines import GRIDS
 from interest.evaluate.harness import evaluate
@@ -52,6 +54,21 @@ log = logging.getLogger(__name__)
 STEPS = ("prepare", "embed", "train", "evaluate", "refit", "score", "publish")
 MARKER = "_pipeline.json"  # in a run folder: the training finished, with what
 SCORED = "_scored.json"  # in a scoring attempt's folder: every file of the pass is written
+# A node lost in the middle of the scoring pass fails whichever Ray operation had work
+# there; Ray retries tasks and restarts actors, but not every operation (Ray Data's
+# Parquet footer readers, for one). The pass then runs again, as a new attempt, up to
+# this many times in all.
+SCORE_TRIES = 3
+# What a failure caused by the cluster (not by the job) says. Told by its text: that is
+# all that survives when Ray Data re-raises a remote error it cannot deserialize.
+LOST_TO_THE_CLUSTER = ("ActorDiedError", "NodeDiedError", "WorkerCrashedError", "ObjectLostError",
+                       "OwnerDiedError", "ActorUnavailableError", "node has died", "terminated unexpectedly")
+
+
+def lost_to_the_cluster(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a node, worker or object the cluster lost."""
+    text = "".join(traceback.format_exception(exc))
+    return any(sign in text for sign in LOST_TO_THE_CLUSTER)
 
 
 class GateFailed(RuntimeError):
@@ -195,7 +212,17 @@ class Pipeline:
                                   f"already published; nothing to do (--force scores again)")
                 return {**before, "already_published": True}
         with self.step(6, "score", f"every user, {len(scored)} task(s) in one pass") as out:
-            scores, out["note"] = self.score(run_id, scored)
+            for tries in range(1, SCORE_TRIES + 1):
+                try:
+                    scores, out["note"] = self.score(run_id, scored)
+                    break
+                except Exception as exc:
+                    if tries == SCORE_TRIES or not lost_to_the_cluster(exc):
+                        raise
+                    log.warning("scoring pass %d of %d failed: the cluster lost a node or worker", tries,
+                                SCORE_TRIES, exc_info=True)
+                    self.console.line(f"           the cluster lost a node or worker mid-pass ({type(exc).__name__}); "
+                                      f"scoring again as a new attempt ({tries + 1}/{SCORE_TRIES})")
         with self.step(7, "publish", f"{len(scores['tables'])} table(s) -> {cfg.out} dt={self.day}") as out:
             out["note"] = self.publish(run_id, scores)
         return self.manifest
@@ -436,19 +463,8 @@ class Pipeline:
 
     def publish(self, run_id: str, scores: dict[str, Any]) -> str:
         cfg, day = self.cfg, self.day
-        replaced = set()
-        for table in scores["tables"]:
-            staged, final = W.staged(cfg.out, scores["attempt"], table, day), W.partition(cfg.out, table, day)
-            if io.exists(staged):
-                location = W.publish(staged, final, run_id)
-            elif W.published_by(final) == run_id:  # swapped in before a crash
-                location = final
-            else:
-                raise io.InputError(f"{staged} is gone and {final} was not published by run {run_id}: "
-                                    "rerun with --force to score again")
-            files, before = W.point(cfg.out, table, day, run_id, location)
-            if before:
-                replaced.add(W.attempt_of(cfg.out, before))
+        published, replaced = W.publish_attempt(cfg.out, scores["attempt"], list(scores["tables"]), day, run_id)
+        for table, (location, files) in published.items():
             scores["tables"][table].update(path=location, files=[f.rsplit("/", 1)[-1] for f in files])
         self.manifest["attempt"] = scores["attempt"]
         self.manifest["tables"] = scores["tables"]

@@ -132,6 +132,35 @@ def publish(staged_folder: str, final: str, run_id: str) -> str:
     return final
 
 
+def publish_attempt(out: str, attempt: str, tables: list[str], day: str, run_id: str
+                    ) -> tuple[dict[str, tuple[str, list[str]]], set[str]]:
+    """Publish ``tables``' partitions of ``day`` that ``attempt`` staged, one table after
+    another, each whole (:func:`publish`, then :func:`point`). Returns (each table's
+    location and files, the attempts the pointers named before).
+
+    Each table's partition is published in one step, so whatever fails midway (S3
+    unreachable: a :class:`interest.io.StorageError` naming the bucket, once the client's
+    retries are spent) leaves every partition whole: the tables done so far are the new
+    run's, the rest the previous run's. A rerun publishes the rest; doing a table twice
+    changes nothing."""
+    published, replaced = {}, set()
+    with io.storage_errors(out, f"publishing {day}"):
+        for table in tables:
+            folder, final = staged(out, attempt, table, day), partition(out, table, day)
+            if io.exists(folder):
+                location = publish(folder, final, run_id)
+            elif published_by(final) == run_id:  # swapped in before a crash
+                location = final
+            else:
+                raise io.InputError(f"{folder} is gone and {final} was not published by run {run_id}: "
+                                    "rerun with --force to score again")
+            files, before = point(out, table, day, run_id, location)
+            if before:
+                replaced.add(attempt_of(out, before))
+            published[table] = (location, files)
+    return published, replaced - {None}
+
+
 def pointer_path(out: str, table: str) -> str:
     return io.join(out, PUBLISHED, f"{table}.json")
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from interest import schemas as S
 from interest.config import ConfigError
-from interest.data.prepare import load_report
+from interest.data.prepared import load_report
 from interest.common.space import Space
 from interest.evaluate.metrics import means_from_sums
 

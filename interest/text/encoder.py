@@ -112,3 +112,43 @@ def item_texts(items: pa.Table) -> list[str]:
 
 def text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def random_bert(folder: str, corpus: Sequence[str], *, hidden: int = 32, layers: int = 2, heads: int = 2,
+                intermediate: int | None = None, max_positions: int = 256, bag_of_words: bool = False,
+                seed: int = 0) -> str:
+    """A randomly initialised BERT and a WordPiece tokenizer whose vocabulary is
+    ``corpus``'s words and CJK characters, saved as a Hugging Face folder (nothing
+    downloaded): the tests' encoders, and a full-size one for bench/gpu_check.sh.
+
+    ``bag_of_words``: the layers' attention and feed-forward outputs and the position
+    embeddings are zeroed, so a mean-pooled vector is the mean of its tokens' random
+    embeddings: texts that share words get similar vectors, as with a trained encoder,
+    which tests of semantics (clusters, zero-shot transfer) need and random layers blur."""
+    import re
+
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = set()
+    for text in corpus:
+        # What BERT's basic tokenizer makes of text: lower-cased words, punctuation, and
+        # every CJK character on its own.
+        words.update(re.findall(r"[\u4e00-\u9fff]|[^\W_\u4e00-\u9fff]+|[^\w\s]|_", text.lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    os.makedirs(folder, exist_ok=True)
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate or 2 * hidden,
+                        max_position_embeddings=max_positions)
+    torch.manual_seed(seed)
+    model = BertModel(config)
+    if bag_of_words:
+        with torch.no_grad():
+            model.embeddings.position_embeddings.weight.zero_()
+            model.embeddings.token_type_embeddings.weight.zero_()
+            for layer in model.encoder.layer:
+                for dense in (layer.attention.output.dense, layer.output.dense):
+                    dense.weight.zero_()
+                    dense.bias.zero_()
+    model.save_pretrained(folder)
+    return folder

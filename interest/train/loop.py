@@ -63,7 +63,7 @@ def _allreduce(sums: dict[str, float], device: torch.device) -> dict[str, float]
     return dict(zip(keys, _allreduce_(t).tolist()))
 
 
-def _autocast(device: torch.device, cfg: Any):
+def autocast(device: torch.device, cfg: Any):
     """The training forward pass's precision (``train.precision``)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
@@ -108,7 +108,7 @@ def summed_gradients(task, model: torch.nn.Module, batch: dict[str, np.ndarray],
     with getattr(model, "no_sync", contextlib.nullcontext)():
         for lo in range(0, rows, micro):
             sub = {k: v[lo:lo + micro] for k, v in batch.items()}
-            with _autocast(device, cfg):
+            with autocast(device, cfg):
                 loss, figures = task.loss(model, sub, cfg, meta, device)
             if loss is None:
                 continue
@@ -320,7 +320,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             step["pending"] = True
             try:
-                with _autocast(device, cfg):
+                with autocast(device, cfg):
                     loss, _ = task.loss(model, batch, cfg, meta, device)
             except _SkipStep:
                 loss = None

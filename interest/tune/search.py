@@ -17,6 +17,7 @@ Library code: the caller has started Ray.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -178,7 +179,9 @@ def search(task_name: str, prepared: str, out: str, base: dict[str, Any], space:
             param_space={key: to_tune(p) for key, p in space.items()},
             tune_config=tune.TuneConfig(
                 num_samples=sc.num_samples, max_concurrent_trials=concurrent, time_budget_s=sc.time_budget_s,
-                search_alg=BasicVariantGenerator(random_state=sc.seed),  # draws repeat with the seed
+                # Draws repeat with the seed. The concurrency goes to the generator itself:
+                # Tune ignores max_concurrent_trials beside a search_alg instance.
+                search_alg=BasicVariantGenerator(random_state=sc.seed, max_concurrent=concurrent),
                 # stop_last_trials=False: a trial that reaches max_t ends by itself, and shuts
                 # its training down cleanly, instead of being stopped at its last report.
                 scheduler=ASHAScheduler(metric=metric, mode="max", time_attr="training_iteration", max_t=epochs,
@@ -255,18 +258,24 @@ def _remove_placement_group(last: dict[str, Any]) -> None:
 
 def trials_table(grid, metric: str, epochs: int, patience: int, space: Space) -> pa.Table:
     """One row per trial: its parameters (a column each, and as JSON), the metric after
-    every epoch, epochs trained, best metric, seconds, and :func:`status` (or ``error``)."""
+    every epoch, epochs trained, best metric, when it started, seconds, and :func:`status`
+    (or ``error``)."""
     rows = []
     for result in grid:
         frame = result.metrics_dataframe
         curve = [float(v) for v in frame[metric].dropna()] if frame is not None and metric in frame else []
+        started = None
+        if frame is not None and len(frame) and "timestamp" in frame:  # the first report, less its epoch
+            first = frame.iloc[0]
+            started = dt.datetime.fromtimestamp(float(first["timestamp"]) - float(first.get("time_total_s", 0)),
+                                                dt.timezone.utc)
         last = result.metrics or {}
         params = {k: v for k, v in (result.config or {}).items() if k in space}
         rows.append({"trial": last.get("trial_id") or os.path.basename(result.path.rstrip("/")),
                      "status": "error" if result.error is not None else status(last, epochs, patience),
                      "params": json.dumps(params, sort_keys=True), **{f"param.{k}": params.get(k) for k in space},
                      "metric": curve, "epochs": len(curve), "best": max(curve) if curve else None,
-                     "seconds": float(last.get("time_total_s", math.nan))})
+                     "started": started, "seconds": float(last.get("time_total_s", math.nan))})
     return pa.Table.from_pylist(rows)
 
 
