@@ -2,7 +2,7 @@
 # The GPU check, for a machine with one NVIDIA GPU and no Ray (bench/gpu_check.py says
 # what it measures). Finishes within 8 minutes on a current data-centre GPU.
 #
-#   bench/gpu_check.sh --make-data   # first, where Ray is (here): bench/gpu_data/, git-ignored, ~30 MB
+#   bench/gpu_check.sh --make-data   # first, where Ray is (here): bench/gpu_data/, git-ignored, 44 MiB
 #   bench/gpu_check.sh               # on the GPU machine (the device tool carries bench/gpu_data)
 #   bench/gpu_check.sh --device cpu --steps 2 --batch-size 64 --users 8192 --items 20000 --score-batch 4096 --peak-n 1024
 #                                    # a smoke run of the script itself, anywhere
