@@ -24,11 +24,12 @@ demo: $(STAMP)
 
 # The suite CI runs (within 20 minutes on 2 cores); test-nightly adds the long tests
 # (marked `nightly`: more searches, the S3 pipeline, a second of each learning test).
+# Each ends with the slowest tests' times, so the suite's budget is watched in CI's log.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not nightly"
+	$(BIN)/python -m pytest -q -m "not nightly" --durations=25
 
 test-nightly: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -21,6 +21,14 @@ from interest.schemas import SchemaError
 
 USER_ERRORS = (ConfigError, InputError, SchemaError)
 
+# Set in a local Ray's environment before it starts (its processes inherit it). A Ray
+# Train worker's report waits in a one-slot queue until the controller polls, every 2 s
+# by default, so an epoch shorter than that (small data, the demo, the tests) took 2 s.
+# A missed poll is not a failure (a worker is declared hung only after 10 min of them),
+# so polling more often costs a few RPCs and nothing else. Clusters keep Ray's default:
+# their epochs run for minutes.
+LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Ray")
@@ -47,6 +55,8 @@ def init_ray(args: argparse.Namespace, quiet: bool = False) -> None:
         ray.init(address=args.address, log_to_driver=not quiet)
         return
     num_cpus = args.num_cpus or (os.cpu_count() or 1) + 2
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
              logging_level=logging.WARNING)
 

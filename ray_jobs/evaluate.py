@@ -21,6 +21,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="comma-separated, of popularity,itemknn,ease; popularity always runs, "
                              "itemknn and ease pick their parameter on the validation targets")
     parser.add_argument("--out", default=None, help="metrics JSON (default RUN/metrics_test.json)")
+    parser.add_argument("--per-user", default=None, metavar="PARQUET",
+                        help="also write the model's test figure of its train.metric for each user (user_idx, "
+                             "metric): two runs compare user by user (bench/tune.py's paired bootstrap)")
     add_ray_args(parser)
     return parser
 
@@ -122,7 +125,10 @@ def _main(args: argparse.Namespace) -> int:
                           f"{', '.join(GRIDS)}")
     latest_checkpoint(args.run)  # fail before Ray starts
     init_ray(args)
-    results = evaluate(args.run, args.data, protocol=Protocol(mask_seen=not args.no_mask_seen), baselines=baselines)
+    results = evaluate(args.run, args.data, protocol=Protocol(mask_seen=not args.no_mask_seen), baselines=baselines,
+                       per_user=bool(args.per_user))
+    if args.per_user:
+        io.write_parquet(results.pop("per_user"), args.per_user)
     out = args.out or io.join(args.run, "metrics_test.json")
     io.write_json(results, out)
     print_table(results)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from ray_jobs._common import LOCAL_RAY_ENV
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -32,6 +37,10 @@ os.environ.update({
     "AWS_SECRET_ACCESS_KEY": "interest-test-secret-0f3a9c",
     "AWS_DEFAULT_REGION": "us-east-1",
 })
+# Every Ray a test starts (in-process, `ray start`, a Cluster) polls training reports as
+# a local `interest` job's Ray does.
+for _key, _value in LOCAL_RAY_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session")
@@ -105,9 +114,6 @@ def ray_head(cpus: int = 4):
     ports, in a temp dir of its own (so nothing else on this machine finds it by
     accident), with the Jobs API. Yields the Jobs API's address; stops every process it
     started."""
-    import signal
-    import tempfile
-
     ports = {flag: _free_port() for flag in ("port", "dashboard-port", "ray-client-server-port",
                                              "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                              "runtime-env-agent-port", "metrics-export-port")}
@@ -165,8 +171,6 @@ cluster.shutdown()
 def three_nodes():
     """A Ray cluster of three nodes on this machine (:data:`_CLUSTER`): yields its
     address; shuts it down after."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="raycl-", dir="/tmp") as temp:
         env = dict(os.environ, RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled")  # its address file stays in temp
         env.pop("RAY_ADDRESS", None)
@@ -182,8 +186,6 @@ def three_nodes():
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
-                import signal
-
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
@@ -217,8 +219,6 @@ class Outage:
     bytes flow again."""
 
     def __init__(self, port: int):
-        import threading
-
         self.upstream, self.down, self.refused = port, False, []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
@@ -238,8 +238,6 @@ class Outage:
         self.listener.close()
 
     def _accept(self) -> None:
-        import threading
-
         while True:
             try:
                 client, _ = self.listener.accept()
@@ -332,3 +330,12 @@ def bow_store(prepared_small, synthetic_small, tmp_path_factory) -> tuple[Path, 
     encoder = build_tiny_encoder(root / "encoder", corpus, hidden=64, bag_of_words=True)
     embed_items(str(prepared_small), str(root / "store"), EmbedConfig(encoder=str(encoder)))
     return encoder, root / "store"
+
+
+def assert_per_user_matches(results: dict, metric: str) -> None:
+    """``evaluate(..., per_user=True)``'s table: one row per test user the model was
+    measured on, whose mean is the reported figure."""
+    table = results["per_user"]
+    users, values = table.column(0).to_numpy(), table.column(metric).to_numpy()
+    assert len(users) == results["model"]["users"] > 0 and len(set(users.tolist())) == len(users)
+    assert abs(values.mean() - results["model"][metric]) < 1e-9

@@ -6,8 +6,9 @@ import torch
 
 from interest.common.events import interaction_matrix
 from interest.evaluate.baselines import EASE, GRIDS, ItemKNN, Popularity, grid_search, select_rows
-from interest.evaluate.metrics import (full_ranking, metrics_from_ranks, multilabel_sums, ranks_from_scores,
-                                      sampled_ranking, top_k_sums)
+from interest.evaluate.metrics import (full_ranking, metrics_from_ranks, multilabel_per_user, multilabel_sums,
+                                      paired_bootstrap, ranks_from_scores, sampled_ranking, top_k_per_user,
+                                      top_k_sums)
 
 
 def brute_force_rank(scores, target, seen):
@@ -79,6 +80,28 @@ def test_multilabel_ties_count_against_the_relevant_tags():
     assert sums["p@1"] == 0.0 and sums["map"] == pytest.approx(0.25)
     sums = multilabel_sums(np.array([[1.0, 0, 0, 0]]), relevant, k=1)
     assert sums["p@1"] == 1.0 and sums["map"] == 1.0
+
+
+def test_per_user_figures_name_their_users_and_skip_those_without_targets():
+    scores = torch.zeros(3, 20)
+    scores[0, 3] = scores[2, 7] = 1.0
+    rows, values = top_k_per_user(scores, [np.array([3]), np.array([], np.int64), np.array([7, 8])], None, ks=(1,))
+    assert rows.tolist() == [0, 2]  # the user without a target is not measured
+    assert values["recall@1"].tolist() == [1.0, 0.5] and values["ndcg@1"].tolist() == [1.0, 1.0]
+    relevant = np.array([[False, True], [False, False], [True, False]])
+    rows, values = multilabel_per_user(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), relevant, k=1)
+    assert rows.tolist() == [0, 2] and values["p@1"].tolist() == [1.0, 0.0] and values["map"].tolist() == [1.0, 0.5]
+
+
+def test_the_paired_bootstrap_separates_a_small_consistent_gain_from_noise():
+    rng = np.random.default_rng(0)
+    easy = rng.random(2000)  # users differ far more than the models do
+    diff, lo, hi = paired_bootstrap(easy, easy + 0.01 + rng.normal(0, 0.02, 2000))
+    assert 0 < lo < diff < hi and abs(diff - 0.01) < 0.002
+    diff, lo, hi = paired_bootstrap(easy, easy + rng.normal(0, 0.02, 2000))
+    assert lo < 0 < hi  # no gain: the interval holds zero
+    with pytest.raises(ValueError):
+        paired_bootstrap([], [])
 
 
 def test_masked_target_ranks_last_among_unmasked():

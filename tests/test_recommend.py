@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import prepare_planted
+from conftest import assert_per_user_matches, prepare_planted
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.evaluate.metrics import top_k_sums
@@ -123,7 +123,9 @@ def test_two_tower_learns_groups_and_reaches_cold_items_by_text(checkerboard):
            "train": {"epochs": 25, "lr": 0.01, "batch_size": 64, "patience": 25}}
     result = fit("recommend", str(checkerboard["prepared"]), str(run), cfg, num_workers=2)
     assert result.error is None
-    results = evaluate(str(run), str(checkerboard["prepared"]), baselines=("popularity", "itemknn", "ease"))
+    results = evaluate(str(run), str(checkerboard["prepared"]), baselines=("popularity", "itemknn", "ease"),
+                       per_user=True)
+    assert_per_user_matches(results, "recall@20")
     # Each test user has its group's unseen items (3 of them, one the target) among ~95 candidates.
     for method in ("model", "ease", "itemknn"):
         assert results[method]["recall@10"] > 0.9, (method, results[method])

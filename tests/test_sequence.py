@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import assert_per_user_matches
 from interest.config import ConfigError
 from interest.tasks.base import TrainConfig
 from interest.tasks.losses import full_softmax_loss, sampled_softmax_loss
@@ -247,7 +248,8 @@ def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, preci
 
     monkeypatch.setattr(harness, "collect", spy)
     results = evaluate(str(tmp_path / "run"), str(loops_prepared), protocol=Protocol(mask_seen=False),
-                       baselines=("popularity", "itemknn", "ease"))
+                       baselines=("popularity", "itemknn", "ease"), per_user=True)
+    assert_per_user_matches(results, "ndcg@10")
     assert all(torch.equal(used["valid"][k], prerefit[k]) for k in prerefit)
     assert all(torch.equal(used["test"][k], refit[k]) for k in refit)
     # The next item of a loop is determined by the history.
@@ -453,18 +455,23 @@ def test_a_training_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(lo
 
     def kill_a_worker():
         deadline = time.time() + 240
-        while time.time() < deadline and _epochs_done(run) < 2:
-            time.sleep(0.1)
-        time.sleep(0.3)  # into the next epoch
+        # A report reaches the controller when it polls; the third checkpoint on disk
+        # means the first was taken (the worker waits while one report is pending), so
+        # a restart has a checkpoint to resume from.
+        while time.time() < deadline and _epochs_done(run) < 3:
+            time.sleep(0.05)
+        # Kill at once: a tiny epoch takes half a second, and a kill that lands after the
+        # last epoch tests nothing (8 epochs and a 0.3 s pause made this test flaky).
         workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
                    if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
                    and p.info["create_time"] >= started - 1]
         if workers:
-            killed.update(pid=workers[-1].pid, after=_epochs_done(run), workers=len(workers))
             workers[-1].kill()
+            time.sleep(1)  # a checkpoint half-written at the kill lands (or never does)
+            killed.update(pid=workers[-1].pid, after=_epochs_done(run), workers=len(workers))
 
     threading.Thread(target=kill_a_worker, daemon=True).start()
-    epochs = 8
+    epochs = 16
     result = fit("sequence", str(loops_prepared), str(run),
                  {"preset": "tiny", "train": {"epochs": epochs, "patience": epochs, "batch_size": 8}}, num_workers=2)
     assert killed.get("workers") == 2, killed  # one of this run's two workers was killed

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import prepare_planted
+from conftest import assert_per_user_matches, prepare_planted
 from interest import config as C
 from interest import schemas as S
 from interest.config import ConfigError
@@ -166,7 +166,8 @@ def test_mode_learns_planted_tags_and_scores_with_evidence(planted, mode, epochs
            "train": {"epochs": epochs, "lr": lr, "batch_size": 32, "patience": epochs}}
     result = fit("tags", str(planted["prepared"]), str(run), cfg, num_workers=workers)
     assert result.error is None
-    results = evaluate(str(run), str(planted["prepared"]))
+    results = evaluate(str(run), str(planted["prepared"]), per_user=True)
+    assert_per_user_matches(results, "map")
     model, history = results["model"]["map"], results["history"]["map"]
     assert results["model"]["users"] == 400
     # Chance: ~0.3; the history baseline .15. Finetune runs of these settings gave mAP .743,

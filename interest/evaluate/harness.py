@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from interest import io
@@ -29,8 +30,9 @@ from interest.common.events import history_matrix, interaction_matrix, read_even
 from interest.common.topn import seen_pairs
 from interest.config import ConfigError
 from interest.evaluate.baselines import EASE, GRIDS, Popularity, grid_search
-from interest.evaluate.metrics import (Protocol, auc, means_from_sums, metrics_from_ranks, multilabel_sums,
-                                      ranks_from_scores, recall_at, top_k_sums)
+from interest.evaluate.metrics import (Protocol, auc, means_from_sums, metrics_from_ranks, multilabel_per_user,
+                                      per_rank, ranks_from_scores, recall_at, sums_over_users, top_k_per_user,
+                                      top_k_sums)
 from interest.tasks.zeroshot.task import prototype
 from interest.train import checkpoint as ckpt
 
@@ -42,10 +44,33 @@ BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 @dataclass
+class PerUser:
+    """The model's test figure for each user, by ``user_idx``: two runs on the same
+    prepared data are compared user by user (a paired bootstrap), not by their means."""
+
+    metric: str
+    users: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, users: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """``values``: every metric of these users; the one this collects is kept."""
+        if self.metric not in values:
+            raise ConfigError(f"per-user figures of {self.metric!r}: this evaluation measures "
+                              f"{', '.join(values)} per user")
+        self.users.append(np.asarray(users, np.int64))
+        self.values.append(np.asarray(values[self.metric], np.float64))
+
+    def table(self) -> pa.Table:
+        cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype))
+        return pa.table({S.USER_IDX: cat(self.users, np.int64), self.metric: cat(self.values, np.float64)})
+
+
+@dataclass
 class Collected:
     """Per held-out user: target, history, latest item, model ranks and behaviour predictions."""
 
     split: str = "test"
+    users: list[np.ndarray] = field(default_factory=list)
     targets: list[np.ndarray] = field(default_factory=list)
     target_behaviors: list[np.ndarray] = field(default_factory=list)
     last_behaviors: list[np.ndarray] = field(default_factory=list)
@@ -80,6 +105,7 @@ def collect(task, model, cfg, meta, prepared: str, protocol: Protocol, batch_siz
         if network and getattr(cfg, "transitions", None):
             network_scores = task.item_scores(model, states, replace(cfg, transitions=0.0), meta, protocol.split, last)
             out.network_ranks.append(ranks_from_scores(network_scores, targets, *seen).numpy())
+        out.users.append(batch[S.USER_IDX][rows])
         out.lasts.append(last)
         out.states.append(states)
         out.behavior_probs.append(torch.softmax(blogits, 1).numpy())
@@ -195,11 +221,14 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
 
 @torch.no_grad()
 def evaluate_next_item(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
-                       baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024) -> dict[str, Any]:
+                       baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024,
+                       per_user: PerUser | None = None) -> dict[str, Any]:
     """Next-item ranking and next-behaviour metrics of a sequence model beside the
     baselines; ``chooser()`` loads the model as it was before its refit (blend weights)."""
     test = collect(task, model, cfg, meta, prepared, protocol, batch_size, network=True)
     results: dict[str, Any] = {"protocol": protocol.as_dict(), "model": metrics_from_ranks(test.cat("ranks"), KS)}
+    if per_user is not None:
+        per_user.add(test.cat("users"), per_rank(test.cat("ranks"), KS))
     if test.network_ranks:  # the network alone, to show what the item transitions add
         results["model"]["transitions"] = cfg.transitions
         results["network"] = metrics_from_ranks(test.cat("network_ranks"), KS)
@@ -227,7 +256,7 @@ def evaluate_next_item(task, model, chooser, cfg, meta, prepared: str, protocol:
 @torch.no_grad()
 def evaluate_top_n(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
                    baselines: tuple[str, ...] = ("popularity",), batch_size: int = 1024,
-                   ks: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
+                   per_user: PerUser | None = None, ks: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
     """Top-N metrics (Recall@k, NDCG@k over each user's new items of the test split, every
     item ranked, seen items masked) of a ``recommend`` model beside the baselines, each
     tuned baseline's parameter chosen on the validation users; with held-out items
@@ -253,7 +282,10 @@ def evaluate_top_n(task, model, chooser, cfg, meta, prepared: str, protocol: Pro
             got[phase]["targets"].extend(warm_targets)
             if phase == "test":
                 scores = task.scores(model, users, cfg, torch.device("cpu"))
-                _add(sums, top_k_sums(scores, warm_targets, users.history, ks))
+                kept, values = top_k_per_user(scores, warm_targets, users.history, ks)
+                _add(sums, sums_over_users(kept, values))
+                if per_user is not None:
+                    per_user.add(batch[S.USER_IDX][users.rows[kept]], values)
                 if cold.any():  # only users who took up a held-out item: bounded memory
                     cold_targets = [t[cold[t]] for t in users.targets]
                     some = [i for i, t in enumerate(cold_targets) if len(t)]
@@ -300,7 +332,8 @@ def evaluate_top_n(task, model, chooser, cfg, meta, prepared: str, protocol: Pro
 
 @torch.no_grad()
 def evaluate_tags(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
-                  baselines: tuple[str, ...] = (), batch_size: int = 256) -> dict[str, Any]:
+                  baselines: tuple[str, ...] = (), batch_size: int = 256,
+                  per_user: PerUser | None = None) -> dict[str, Any]:
     """Test-window P@k, R@k and mAP of a ``tags`` model, tag popularity and the user's own
     most frequent tags so far, over the same users; and users scored per second."""
     import ray.data
@@ -328,7 +361,10 @@ def evaluate_tags(task, model, chooser, cfg, meta, prepared: str, protocol: Prot
         scored = {"model": logits.numpy(), "popularity": np.broadcast_to(popularity, ex.target.shape),
                   "history": ex.prior[:, 0] + 1e-3 * popularity}  # the user's own tags, the rest by popularity
         for m in methods:
-            _add(sums[m], multilabel_sums(scored[m], ex.target > 0, k))
+            kept, values = multilabel_per_user(scored[m], ex.target > 0, k)
+            _add(sums[m], sums_over_users(kept, values))
+            if m == "model" and per_user is not None:
+                per_user.add(batch[S.USER_IDX][ex.rows[kept]], values)
     results: dict[str, Any] = {"protocol": {**protocol.as_dict(), "k": k, "ranking": "every tag",
                                             "target": "tags of the later window"
                                             if meta.extra.get("labels") is None else "supplied labels",
@@ -361,7 +397,8 @@ def under(categories: list[str | None], parent: str, separator: str) -> np.ndarr
 
 @torch.no_grad()
 def evaluate_zeroshot(task, model, chooser, cfg, meta, prepared: str, protocol: Protocol,
-                      baselines: tuple[str, ...] = (), batch_size: int = 1024, *, min_positives: int = 10,
+                      baselines: tuple[str, ...] = (), batch_size: int = 1024,
+                      per_user: PerUser | None = None, *, min_positives: int = 10,
                       shots: tuple[int, ...] = (1, 5, 20), k: int = 100, seed: int = 0) -> dict[str, Any]:
     """Zero-shot quality on the run's held-out tags (``judge``, else ``holdout``): for each
     tag, the users with test events who never touched it before are ranked by score; the
@@ -376,6 +413,9 @@ def evaluate_zeroshot(task, model, chooser, cfg, meta, prepared: str, protocol: 
     paths. Tags with fewer than ``min_positives`` positives are skipped, and said so."""
     import ray.data
 
+    if per_user is not None:
+        raise ConfigError("zero-shot quality is measured per held-out tag, not per user: compare two runs by "
+                          "their tags' figures")
     judged = task.judged(cfg, meta)
     if not len(judged):
         raise ConfigError("nothing to judge: train with holdout=[TAG, ...] (or judge=[...]) to measure zero-shot "
@@ -506,12 +546,15 @@ PROTOCOLS: dict[str, Callable[..., dict[str, Any]]] = {
 
 @torch.no_grad()
 def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, baselines: tuple[str, ...] = ("popularity",),
-             batch_size: int = 1024) -> dict[str, Any]:
+             batch_size: int = 1024, per_user: bool = False) -> dict[str, Any]:
     """Test metrics of a run and of the baselines in the same pass, each with its protocol.
 
     Only the test split is reported: the validation events chose the epoch, the
     baselines' parameters and the blend weights, so a figure measured on them is not an
-    estimate of anything (the best epoch's validation figures are in the run's state)."""
+    estimate of anything (the best epoch's validation figures are in the run's state).
+
+    ``per_user``: also the model's figure of the run's validation metric
+    (``train.metric``) for each test user, as a table under ``"per_user"``."""
     start = time.time()
     if protocol is not None and protocol.split != "test":
         raise ConfigError(f"evaluation reports the test split, not {protocol.split!r}: the validation events chose "
@@ -519,7 +562,11 @@ def evaluate(run: str, prepared: str, *, protocol: Protocol | None = None, basel
     task, cfg, model, state, meta = ckpt.load_model(run, prepared)
     chooser = functools.partial(ckpt.model_before_refit, run, prepared, task, cfg, meta, model)  # loaded if used
     protocol = protocol or Protocol(mask_seen=getattr(cfg, "mask_seen", True))
-    results = PROTOCOLS[task.evaluation](task, model, chooser, cfg, meta, prepared, protocol, baselines, batch_size)
+    collected = PerUser(cfg.train.metric) if per_user else None
+    results = PROTOCOLS[task.evaluation](task, model, chooser, cfg, meta, prepared, protocol, baselines, batch_size,
+                                         collected)
+    if collected is not None:
+        results["per_user"] = collected.table()
     results.update(task=task.name, run=run, prepared=prepared, best_epoch=state.get("best_epoch"),
                    seconds=round(time.time() - start, 1))
     return results

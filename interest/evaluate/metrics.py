@@ -97,17 +97,24 @@ def _exact_ranks(scores, targets, seen_rows, seen_cols, rows) -> torch.Tensor:
     return counted.sum(1)
 
 
-def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+def per_rank(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, np.ndarray]:
+    """HR@k, NDCG@k and reciprocal rank of each 0-based target rank."""
     ranks = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"hr@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+    out["mrr"] = 1.0 / (ranks + 1.0)
+    return out
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """Means of :func:`per_rank`'s metrics, and the ``users`` (targets) counted."""
     out = {"users": int(len(ranks))}
     if len(ranks) == 0:
         return out
-    for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
-    out["mrr"] = float((1.0 / (ranks + 1.0)).mean())
-    return out
+    return out | {name: float(v.mean()) for name, v in per_rank(ranks, ks).items()}
 
 
 def full_ranking(score: Callable[[np.ndarray], torch.Tensor], users: np.ndarray, targets: np.ndarray,
@@ -145,11 +152,12 @@ def sampled_ranking(score: Callable[[np.ndarray], torch.Tensor], users: np.ndarr
     return np.asarray(out, np.int64)
 
 
-def multilabel_sums(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dict[str, float]:
-    """Sums over users of P@k, R@k and average precision of ranking every tag by ``scores``
-    (U, T) against the boolean ``relevant`` (U, T); users with nothing relevant are left
-    out. Ties count against the targets, as for items: among equal scores the irrelevant
-    tags rank first."""
+def multilabel_per_user(scores: np.ndarray, relevant: np.ndarray,
+                        k: int = 5) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """P@k, R@k and average precision of each user's ranking of every tag by ``scores``
+    (U, T) against the boolean ``relevant`` (U, T): (rows of the users with something
+    relevant, each metric's values for them). Ties count against the targets, as for
+    items: among equal scores the irrelevant tags rank first."""
     has = relevant.any(1)
     scores, relevant = scores[has], relevant[has]
     order = np.lexsort((relevant, -scores), axis=1)  # by score, then irrelevant before relevant
@@ -157,27 +165,31 @@ def multilabel_sums(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dic
     n_rel = hits.sum(1)
     cum = np.cumsum(hits, 1)
     precision_at = cum / np.arange(1, hits.shape[1] + 1)
-    ap = (precision_at * hits).sum(1) / n_rel
-    return {f"p@{k}": float((cum[:, min(k, hits.shape[1]) - 1] / k).sum()),
-            f"r@{k}": float((cum[:, min(k, hits.shape[1]) - 1] / n_rel).sum()),
-            "map": float(ap.sum()), "users": int(has.sum())}
+    at_k = cum[:, min(k, hits.shape[1]) - 1]
+    return np.flatnonzero(has), {f"p@{k}": at_k / k, f"r@{k}": at_k / n_rel,
+                                 "map": (precision_at * hits).sum(1) / n_rel}
 
 
-def top_k_sums(scores: torch.Tensor, targets: list[np.ndarray], seen: list[np.ndarray] | None,
-               ks: tuple[int, ...] = (10, 20), chunk: int = 1024) -> dict[str, float]:
-    """Sums over users of Recall@k and NDCG@k of ranking every item by ``scores`` (U, I)
-    against each user's set of ``targets`` (several items per user, as in a test window);
-    ``seen`` items are masked. Users with no target are left out (``users`` counts the
-    rest).
+def multilabel_sums(scores: np.ndarray, relevant: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Sums over users of :func:`multilabel_per_user`'s metrics; users with nothing
+    relevant are left out (``users`` counts the rest)."""
+    return sums_over_users(*multilabel_per_user(scores, relevant, k))
+
+
+def top_k_per_user(scores: torch.Tensor, targets: list[np.ndarray], seen: list[np.ndarray] | None,
+                   ks: tuple[int, ...] = (10, 20), chunk: int = 1024) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Recall@k and NDCG@k of each user's ranking of every item by ``scores`` (U, I)
+    against the user's set of ``targets`` (several items per user, as in a test window);
+    ``seen`` items are masked. Returns (rows of the users with a target, each metric's
+    values for them).
 
     Each target is ranked as :func:`ranks_from_scores` ranks one, against the other
     items (the user's other targets included): ties count against it. Recall divides the
     hits by the user's number of targets, NDCG by the ideal DCG of min(k, targets) hits.
     """
     keep = [i for i, t in enumerate(targets) if len(t)]
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")} | {"users": len(keep)}
     if not keep:
-        return sums
+        return np.zeros(0, np.int64), {f"{m}@{k}": np.zeros(0) for k in ks for m in ("recall", "ndcg")}
     scores = scores[keep].float()
     targets = [np.asarray(targets[i], np.int64) for i in keep]
     seen = [seen[i] for i in keep] if seen is not None else None
@@ -189,6 +201,7 @@ def top_k_sums(scores: torch.Tensor, targets: list[np.ndarray], seen: list[np.nd
         ranks.append(ranks_from_scores(scores[users], t_items[lo:lo + chunk], *masks))
     ranks = torch.cat(ranks).double()
     n_targets = torch.as_tensor([len(t) for t in targets], dtype=torch.float64, device=scores.device)
+    values = {}
     for k in ks:
         hit = ranks < k
         gain = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
@@ -197,9 +210,22 @@ def top_k_sums(scores: torch.Tensor, targets: list[np.ndarray], seen: list[np.nd
         dcg = per_user.index_add(0, t_rows, gain)
         ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=scores.device)), 0)
         idcg = ideal[(n_targets.clamp(max=k) - 1).long()]
-        sums[f"recall@{k}"] = float((hits / n_targets).sum())
-        sums[f"ndcg@{k}"] = float((dcg / idcg).sum())
-    return sums
+        values[f"recall@{k}"] = (hits / n_targets).cpu().numpy()
+        values[f"ndcg@{k}"] = (dcg / idcg).cpu().numpy()
+    return np.asarray(keep, np.int64), values
+
+
+def top_k_sums(scores: torch.Tensor, targets: list[np.ndarray], seen: list[np.ndarray] | None,
+               ks: tuple[int, ...] = (10, 20), chunk: int = 1024) -> dict[str, float]:
+    """Sums over users of :func:`top_k_per_user`'s metrics; users with no target are
+    left out (``users`` counts the rest)."""
+    return sums_over_users(*top_k_per_user(scores, targets, seen, ks, chunk))
+
+
+def sums_over_users(rows: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each metric's sum over the users of a batch, and their count (``users``): batches
+    add up, and :func:`means_from_sums` divides at the end."""
+    return {name: float(v.sum()) for name, v in values.items()} | {"users": len(rows)}
 
 
 def means_from_sums(sums: dict[str, float]) -> dict[str, float]:
@@ -232,3 +258,22 @@ def recall_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float | None:
         return None
     order = np.lexsort((positive, -np.asarray(scores)))
     return float(positive[order[:k]].sum() / positive.sum())
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``b - a`` over paired units (the same users under two models) and its
+    ``level`` percentile interval from ``n`` resamples of the units: B beats A when the
+    whole interval lies above zero. Pairing removes the users' own spread (some users are
+    easy for every model), which unpaired intervals of the two means would carry."""
+    d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    if len(d) == 0:
+        raise ValueError("no paired units to compare")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n)
+    for i in range(0, n, 100):  # 100 resamples at a time: bounded memory for millions of users
+        k = min(100, n - i)
+        means[i:i + k] = d[rng.integers(0, len(d), (k, len(d)))].mean(1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(d.mean()), float(lo), float(hi)

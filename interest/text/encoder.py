@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -125,8 +126,6 @@ def random_bert(folder: str, corpus: Sequence[str], *, hidden: int = 32, layers:
     embeddings are zeroed, so a mean-pooled vector is the mean of its tokens' random
     embeddings: texts that share words get similar vectors, as with a trained encoder,
     which tests of semantics (clusters, zero-shot transfer) need and random layers blur."""
-    import re
-
     from transformers import BertConfig, BertModel, BertTokenizer
 
     words = set()

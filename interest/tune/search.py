@@ -178,7 +178,7 @@ def search(task_name: str, prepared: str, out: str, base: dict[str, Any], space:
             function,
             param_space={key: to_tune(p) for key, p in space.items()},
             tune_config=tune.TuneConfig(
-                num_samples=sc.num_samples, max_concurrent_trials=concurrent, time_budget_s=sc.time_budget_s,
+                num_samples=sc.num_samples, time_budget_s=sc.time_budget_s,
                 # Draws repeat with the seed. The concurrency goes to the generator itself:
                 # Tune ignores max_concurrent_trials beside a search_alg instance.
                 search_alg=BasicVariantGenerator(random_state=sc.seed, max_concurrent=concurrent),

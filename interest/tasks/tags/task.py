@@ -131,6 +131,9 @@ SEARCH_SPACE: Space = {
     "model.dim": Choice((32, 64, 128)),
     "model.dropout": Float(0.0, 0.5),
     "model.max_len": Choice((20, 50, 100)),
+    # The tags' priors: how much each behaviour (view, click, fav, cart, buy) counts in a
+    # user's tag counts and labels. The default ramp, every event alike, or purchases first.
+    "behavior_weights": Choice((L.BEHAVIOR_WEIGHTS, (1.0, 1.0, 1.0, 1.0, 1.0), (0.05, 0.1, 0.4, 0.6, 1.0))),
 }
 
 
