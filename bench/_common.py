@@ -81,6 +81,20 @@ def dataset_input(args) -> tuple[str, str, list[str]]:
     return str(path), fmt, overrides
 
 
+def prepare_source(args, folder: Path, users: int, items: int, events: int) -> list[str]:
+    """`interest prepare`'s input arguments: ``users`` synthetic users' ``events`` over
+    ``items`` items, generated once into ``folder/raw``, or the chosen dataset."""
+    if args.dataset != "synthetic" or args.data:
+        path, fmt, overrides = dataset_input(args)
+        return [path, "--format", fmt, *[x for o in overrides for x in ("--set", o)]]
+    raw = folder / "raw"
+    if not (raw / "items.parquet").exists():
+        print(f"generating {events:,} events of {users:,} users over {items:,} items ...", flush=True)
+        run_measured([sys.executable, "-m", "interest.cli", "generate", "--users", str(users), "--items", str(items),
+                      "--events", str(events), "--out", str(raw)], log=folder / "generate.log")
+    return [str(raw / "events"), "--items", str(raw / "items.parquet")]
+
+
 def prepared_dataset(args, work: Path, synthetic_split: str = "leave_last", *, split: list[str] | None = None,
                      generate: list[str] | None = None) -> tuple[Path, Path | None]:
     """Prepare the chosen dataset once under ``work`` (reused by later runs); returns the

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(score_top_n(device, args.users, args.items, 64, args.score_batch, dtype))
     for row in rows:
         row["of_peak"] = row["tflops"] / peak
-    print(f"\n| step | batch | params (M) | ms | rate | TFLOPS | of bf16 peak |\n|---|---|---:|---:|---:|---:|---:|")
+    print("\n| step | batch | params (M) | ms | rate | TFLOPS | of bf16 peak |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['step']} | {r['batch']} | {r['params_m']:.1f} | {r['ms']:,.1f} | "
               f"{r['per_s']:,.0f} {r['unit']}/s | {r['tflops']:.2f} | {r['of_peak']:.1%} |")

@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_dataset_args, dataset_input, emit_json, epoch_train_seconds, print_table,  # noqa: E402
+from _common import (add_dataset_args, emit_json, epoch_train_seconds, prepare_source, print_table,  # noqa: E402
                      run_measured, work_folder)
 from score import CONFIGS, make_run  # noqa: E402
 
@@ -98,18 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         folder = work / (f"events-{size}" if synthetic else "data")
         folder.mkdir(parents=True, exist_ok=True)
-        if synthetic:
-            raw = folder / "raw"
-            if not (raw / "items.parquet").exists():
-                print(f"generating {size:,} events, {size // args.events_per_user:,} users, {args.items:,} items ...",
-                      flush=True)
-                run_measured([py, "-m", "interest.cli", "generate", "--users", str(size // args.events_per_user),
-                              "--items", str(args.items), "--events", str(size), "--out", str(raw)],
-                             log=folder / "generate.log")
-            source = [str(raw / "events"), "--items", str(raw / "items.parquet")]
-        else:
-            path, fmt, overrides = dataset_input(args)
-            source = [path, "--format", fmt, *[x for o in overrides for x in ("--set", o)]]
+        source = prepare_source(args, folder, (size or 0) // args.events_per_user, args.items, size or 0)
         prepared = folder / "prepared"
         print(f"{size or 'dataset'}: prepare ...", flush=True)
         wall, mb = run_measured([py, "-m", "interest.cli", "prepare", *source, "--out", str(prepared), "--overwrite"],

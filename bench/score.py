@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_dataset_args, emit_json, print_table, run_measured, work_folder  # noqa: E402
+from _common import (add_dataset_args, emit_json, prepare_source, print_table, run_measured,  # noqa: E402
+                     work_folder)
 
 TOP_K = 10
 BUY = 4  # schemas.BEHAVIORS.index("buy")
@@ -166,19 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         prepared = folder / "prepared"
         if not (prepared / "_SUCCESS").exists():
-            if synthetic:
-                users = int(name)
-                print(f"generating {users:,} users x {args.events_per_user} events over {args.items:,} items ...",
-                      flush=True)
-                run_measured([py, "-m", "interest.cli", "generate", "--users", str(users), "--items", str(args.items),
-                              "--events", str(users * args.events_per_user), "--out", str(folder / "raw")],
-                             log=folder / "generate.log")
-                source = [str(folder / "raw" / "events"), "--items", str(folder / "raw" / "items.parquet")]
-            else:
-                from _common import dataset_input
-
-                path, fmt, overrides = dataset_input(args)
-                source = [path, "--format", fmt, *[x for o in overrides for x in ("--set", o)]]
+            users = int(name) if synthetic else 0
+            source = prepare_source(args, folder, users, args.items, users * args.events_per_user)
             print("preparing ...", flush=True)
             run_measured([py, "-m", "interest.cli", "prepare", *source, "--out", str(prepared), "--overwrite"],
                          log=folder / "prepare.log")
