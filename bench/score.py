@@ -68,12 +68,10 @@ def make_run(task_name: str, prepared: str, run: Path) -> None:
 
 
 def child_pipeline(prepared: str, runs: list[str], out: str, batch_size: int, concurrency: int) -> dict:
-    import ray
-
     from interest.score.batch import plan, score_users
+    from ray_jobs._common import init_ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray(argparse.Namespace(address=None, num_cpus=4), quiet=True)  # as `interest pipeline` starts one
     start = time.perf_counter()
     outputs = [plan(run, prepared, f"{out}/{Path(run).name}", top_k=TOP_K, batch_size=batch_size) for run in runs]
     done = score_users(outputs, prepared, batch_size=batch_size, concurrency=concurrency)

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from interest import io
+
 T = TypeVar("T")
 
 
@@ -142,13 +144,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
          base: dict[str, Any] | None = None) -> T:
-    """Build ``cls`` from ``base`` values, then a YAML file, then dotted overrides."""
+    """Build ``cls`` from ``base`` values, then a YAML file (local or ``s3://``: a
+    search's ``best.yaml`` lives beside its state), then dotted overrides."""
     data: dict[str, Any] = dict(base or {})
     if path:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            loaded = yaml.safe_load(io.read_bytes(str(path)) if io.is_s3(str(path)) else Path(path).read_text()) or {}
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):

@@ -60,12 +60,13 @@ def _main(args: argparse.Namespace) -> int:
     base, space = prepare_search(args.task, args.data, C.to_dict(cfg), space, fixed)  # before Ray starts
     # Tune's TensorBoard writer logs each metric name it renames (valid/ndcg@10).
     logging.getLogger("tensorboardX").setLevel(logging.WARNING)
+    console = sys.stdout  # taken before logs_to_file points sys.stdout at the log
     with logs_to_file(args.out, f"tune-{args.task}", args.verbose) as log_file:
         print(f"interest tune {args.task}: {sc.num_samples} trials over {', '.join(space)} -> {args.out}"
-              + ("" if args.verbose else f"\n  logs: {log_file}"), flush=True)
+              + ("" if args.verbose else f"\n  logs: {log_file}"), file=console, flush=True)
         init_ray(args, quiet=not args.verbose)
-        summary = search(args.task, args.data, args.out, base, space, sc, say=lambda line: print(line, flush=True),
-                         log_file=log_file)
+        summary = search(args.task, args.data, args.out, base, space, sc,
+                         say=lambda line: print(line, file=console, flush=True), log_file=log_file)
     print(f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errors']} failed, "
           f"{summary['concurrent']} at once) in {summary['search_s']:.0f} s; best {summary['metric']} "
           f"{summary['best'][summary['metric']]:.4f} with {summary['best']['params']}")

@@ -37,8 +37,8 @@ os.environ.update({
     "AWS_SECRET_ACCESS_KEY": "interest-test-secret-0f3a9c",
     "AWS_DEFAULT_REGION": "us-east-1",
 })
-# Every Ray a test starts (in-process, `ray start`, a Cluster) polls training reports as
-# a local `interest` job's Ray does.
+# Every Ray a test starts (in-process, `ray start`, a Cluster) is configured as a local
+# `interest` job's Ray is (set before anything imports Ray Data, which reads it then).
 for _key, _value in LOCAL_RAY_ENV.items():
     os.environ.setdefault(_key, _value)
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from interest import cli
+from interest import cli, io
 from interest import config as C
 from interest.common.space import Choice, Float, Int, check, from_yaml, merge
 from interest.config import ConfigError
@@ -187,10 +187,15 @@ def _env() -> dict:
 
 
 @pytest.mark.ray
-@pytest.mark.nightly  # long: `make test-nightly` (README, Development)
-def test_a_killed_search_resumes_and_its_best_yaml_trains(prepared_small, tmp_path, ray_start_4_cpus, capsys):
-    out = tmp_path / "tune"
-    args = ["tune", "--task", "sequence", "--data", str(prepared_small), "--out", str(out), "--set", "preset=small",
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.nightly)])  # s3: `make test-nightly`
+def test_a_killed_search_resumes_and_its_best_yaml_trains(where, prepared_small, tmp_path, ray_start_4_cpus, capsys,
+                                                          request):
+    """Killed after its first trial ended, the search resumes from the state under
+    ``--out``: a local folder, or S3 (moto's server), as Tune's storage."""
+    if where == "s3":
+        request.getfixturevalue("s3_server")
+    out = str(tmp_path / "tune") if where == "local" else "s3://test/tune"
+    args = ["tune", "--task", "sequence", "--data", str(prepared_small), "--out", out, "--set", "preset=small",
             "--set", "train.epochs=3", "--num-samples", "3", "--max-concurrent-trials", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "interest.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=_env(), start_new_session=True)
@@ -204,11 +209,16 @@ def test_a_killed_search_resumes_and_its_best_yaml_trains(prepared_small, tmp_pa
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     first = line.split()[2].rstrip(":")
-    runs = {p.name: sorted(c.name for c in p.glob("checkpoint_*")) for p in (out / "trials").iterdir()}
-    assert not (out / TRIALS).exists()
+
+    def checkpoints(run: str) -> list[str]:
+        return sorted(c for c in io.children(run, folders=True) if c.startswith("checkpoint_"))
+
+    trial_runs = io.join(out, "trials")
+    runs = {name: checkpoints(io.join(trial_runs, name)) for name in io.children(trial_runs, folders=True)}
+    assert not io.exists(io.join(out, TRIALS))
     assert cli.main(args) == 0
     said = capsys.readouterr().out
-    trials = pq.read_table(out / TRIALS).to_pylist()
+    trials = io.read_parquet(io.join(out, TRIALS)).to_pylist()
     assert len(trials) == 3 and first in {t["trial"] for t in trials} and "3 trials" in said
     assert next(t for t in trials if t["trial"] == first)["epochs"] >= 1
     (done,) = [name for name in runs if first in name]
@@ -216,12 +226,12 @@ def test_a_killed_search_resumes_and_its_best_yaml_trains(prepared_small, tmp_pa
     # had not yet recorded its end when the search was killed, its training resumed after
     # the epochs it had reported.
     reported = int(line.split(" after ")[1].split()[0])
-    now = sorted(c.name for c in (out / "trials" / done).glob("checkpoint_*"))
+    now = checkpoints(io.join(trial_runs, done))
     if now != runs[done]:
-        state = json.loads(sorted((out / "trials" / done).glob("checkpoint_*/state.json"))[-1].read_text())
+        state = json.loads(io.read_bytes(io.join(trial_runs, done, now[-1], "state.json")))
         assert state["resumed_from"] >= min(reported, 3)  # 3 epochs (a report may follow the last)
-    best = yaml.safe_load((out / BEST).read_text())
+    best = yaml.safe_load(io.read_bytes(io.join(out, BEST)))
     assert best["preset"] == "small" and best["train"]["epochs"] == 3
     assert cli.main(["train", "--task", "sequence", "--data", str(prepared_small), "--out", str(tmp_path / "run"),
-                     "--num-workers", "1", "--config", str(out / BEST)]) == 0
+                     "--num-workers", "1", "--config", io.join(out, BEST)]) == 0
     assert "run " in capsys.readouterr().out

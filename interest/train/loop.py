@@ -169,8 +169,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)  # identical initial weights on every worker
     model = task.build_model(cfg, meta)
     # best_valid: the best epoch's validation figures, reported again after the refit.
+    # history: every report of the run, so a search restarted after a crash can give Tune
+    # back the figures it lost (interest.tune.search._trial).
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "refit": 0, "best_valid": {},
-             "task": config["task"], "config": config["cfg"], "prepared": config["prepared"]}
+             "history": [], "task": config["task"], "config": config["cfg"], "prepared": config["prepared"]}
     device = ray.train.torch.get_device()
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
@@ -225,7 +227,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with restored.as_directory() as folder:
             state.update({k: v for k, v in ckpt.load_state(folder).items() if k in ("epoch", "best", "best_epoch",
                                                                                  "bad_epochs", "refit", "best_valid",
-                                                                                 "chosen", "peak_mb")})
+                                                                                 "chosen", "peak_mb", "history")})
             model.load_state_dict(ckpt.read_weights(folder))
             best = ckpt.read_weights(folder, ckpt.BEST)
             if ckpt.has_weights(folder, ckpt.PREREFIT):
@@ -339,6 +341,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return float(np.mean(losses)) if losses else float("nan"), len(losses), time.perf_counter() - start, data_s
 
     def save_and_report(report: dict[str, Any]) -> None:
+        state["history"].append(report)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:

@@ -43,6 +43,7 @@ from interest.common.space import Choice, Int, Param, Space, check, merge
 from interest.config import ConfigError
 from interest.report.plots import curves_chart
 from interest.tasks import get_task
+from interest.train.checkpoint import latest_checkpoint, load_state
 from interest.train.loop import check as check_training
 from interest.train.loop import PLACEMENT_GROUP, trainer
 
@@ -134,9 +135,21 @@ def _trial(params: dict[str, Any], *, task_name: str, prepared: str, base: dict[
     cfg = merge(base, {**params, "train.refit": 0})
     name = tune.get_context().get_trial_name()
     gpus = sc.gpus_per_trial / sc.num_workers
-    result = trainer(task_name, prepared, io.join(out, "trials", name), cfg, num_workers=sc.num_workers,
+    run = io.join(out, "trials", name)
+    # A search restored after a crash starts its unfinished trials' records afresh (their
+    # result files are rewritten), though their training resumes from its checkpoint, or,
+    # finished, reports nothing more. So what the training reported before goes to Tune
+    # again first: the trials table and ASHA's rungs see every epoch.
+    for report in _reported(run):
+        tune.report(report)
+    # max_failures=0: when a stopped trial's workers lose their placement group
+    # (Progress removes it), a retry would start a new group, which the trial's dying
+    # controller then leaves behind, holding CPUs that every later trial waits on for
+    # ever (seen: three such groups hung a search). A trial is a sample; Tune decides
+    # what a failed one means.
+    result = trainer(task_name, prepared, run, cfg, num_workers=sc.num_workers,
                      cpus_per_worker=max(1, sc.cpus_per_trial // sc.num_workers), use_gpu=gpus > 0,
-                     gpus_per_worker=gpus, log_file=log_file, callbacks=(TuneReportCallback(),),
+                     gpus_per_worker=gpus, max_failures=0, log_file=log_file, callbacks=(TuneReportCallback(),),
                      report_placement_group=True).fit()
     if result.error:
         raise result.error
@@ -207,6 +220,13 @@ def search(task_name: str, prepared: str, out: str, base: dict[str, Any], space:
             "trials": len(rows), "stopped_early": sum(r["status"] == "stopped_early" for r in rows),
             "errors": sum(r["status"] == "error" for r in rows), "search_s": round(seconds, 1),
             "concurrent": concurrent, "out": out}
+
+
+def _reported(run: str) -> list[dict[str, Any]]:
+    """Every report of the training run ``run`` so far: none before its first checkpoint."""
+    if not any(name.startswith("checkpoint_") for name in io.children(run, folders=True)):
+        return []
+    return load_state(latest_checkpoint(run)).get("history", [])
 
 
 def status(last: dict[str, Any], epochs: int, patience: int) -> str:
