@@ -187,7 +187,8 @@ def _env() -> dict:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.nightly)])  # s3: `make test-nightly`
+@pytest.mark.nightly  # long (1.7 to 2.2 min in CI): `make test-nightly` (README, Development)
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_killed_search_resumes_and_its_best_yaml_trains(where, prepared_small, tmp_path, ray_start_4_cpus, capsys,
                                                           request):
     """Killed after its first trial ended, the search resumes from the state under
