@@ -408,12 +408,18 @@ def _epochs_done(run: Path) -> int:
     return done
 
 
+def _train_workers_since(started: float) -> list:
+    """The Ray Train worker processes started since ``started`` (a test's own runs)."""
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline", "create_time"])
+            if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker") and p.info["create_time"] >= started - 1]
+
+
 @pytest.mark.ray
 def test_killed_run_resumes_from_its_checkpoint(loops_prepared, tmp_path):
     from interest.train import checkpoint as ckpt
     from interest.train.loop import fit
-
-    import psutil
 
     run, started = tmp_path / "run", time.time()
     cmd = [sys.executable, "-m", "ray_jobs.train", "--task", "sequence", "--data", str(loops_prepared),
@@ -429,9 +435,8 @@ def test_killed_run_resumes_from_its_checkpoint(loops_prepared, tmp_path):
     # Its training worker is not in that process group: until it notices that its node
     # is gone it trains on, and may write one more checkpoint (seen in CI: resumed from
     # epoch 3 with 2 counted). Kill it too before counting.
-    for p in psutil.process_iter(["cmdline", "create_time"]):
-        if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker") and p.info["create_time"] >= started - 1:
-            p.kill()
+    for p in _train_workers_since(started):
+        p.kill()
     time.sleep(1)
     done = _epochs_done(run)
     assert done >= 2
@@ -455,8 +460,6 @@ def test_a_training_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(lo
     checkpoint, and the run finishes all its epochs."""
     import threading
 
-    import psutil
-
     from interest.train import checkpoint as ckpt
     from interest.train.loop import fit
 
@@ -471,9 +474,7 @@ def test_a_training_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(lo
             time.sleep(0.05)
         # Kill at once: a tiny epoch takes half a second, and a kill that lands after the
         # last epoch tests nothing (8 epochs and a 0.3 s pause made this test flaky).
-        workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
-                   if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
-                   and p.info["create_time"] >= started - 1]
+        workers = _train_workers_since(started)
         if workers:
             workers[-1].kill()
             time.sleep(1)  # a checkpoint half-written at the kill lands (or never does)

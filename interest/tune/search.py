@@ -224,9 +224,10 @@ def search(task_name: str, prepared: str, out: str, base: dict[str, Any], space:
 
 def _reported(run: str) -> list[dict[str, Any]]:
     """Every report of the training run ``run`` so far: none before its first checkpoint."""
-    if not any(name.startswith("checkpoint_") for name in io.children(run, folders=True)):
+    try:
+        return load_state(latest_checkpoint(run)).get("history", [])
+    except io.InputError:  # no checkpoint yet
         return []
-    return load_state(latest_checkpoint(run)).get("history", [])
 
 
 def status(last: dict[str, Any], epochs: int, patience: int) -> str:
