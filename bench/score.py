@@ -122,7 +122,7 @@ def child_torch(prepared: str, runs: list[str], batch_size: int) -> dict:
                     kept.append((top, torch.exp(scores - lse[:, None]), behavior.max(1)))
                 else:
                     states, table = core(items, behaviors)
-                    scores, top, _ = top_n(states, table[1:], TOP_K, exclude)
+                    scores, top, _ = top_n(states, table[1:], TOP_K, exclude, lse=False)
                     kept.append((top, scores))
         timed += time.perf_counter() - start
         users = n

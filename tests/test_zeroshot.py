@@ -3,6 +3,7 @@ file's checks; the two output tables; and, on synthetic data with personas, a he
 category's fans found from its name alone."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -149,9 +150,22 @@ def zeroshot_run(prepared_small, bow_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("zeroshot") / "run"
     result = fit("zeroshot", str(prepared_small), str(run), {
         "embeddings": str(store), "encoder": str(encoder), "model": {"facets": 2},
-        "train": {"epochs": 2, "batch_size": 64}}, num_workers=2)
+        "train": {"epochs": 3, "batch_size": 64, "patience": 1}}, num_workers=2)
     assert result.error is None
     return run
+
+
+@pytest.mark.ray
+def test_a_validation_with_nothing_to_measure_is_nan_and_stops_nothing(zeroshot_run):
+    """No validation user of ``prepared_small`` has a tag both ways, so no AUC exists: NaN,
+    not 0.0, and patience 1 stops nothing (each epoch's weights are the result)."""
+    from interest.train import checkpoint as ckpt
+
+    state = ckpt.load_state(ckpt.latest_checkpoint(str(zeroshot_run)))
+    epochs = [r for r in state["history"] if "refit" not in r]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert all(math.isnan(r["valid/auc"]) and r["valid/tags"] == 0 for r in epochs), epochs
+    assert state["best_epoch"] == 2 and math.isnan(state["best"])
 
 
 @pytest.mark.ray

@@ -102,12 +102,16 @@ class Scorer:
             self.loaded.append((o, task, cfg, model.to(self.device), meta))
         self.vocab = io.read_parquet(io.join(prepared, "vocab", "items.parquet"),
                                      columns=[S.ITEM_ID]).column(S.ITEM_ID).combine_chunks()
-        # Each batch allocates and frees a few hundred MB (a batch x catalogue score
-        # matrix); glibc keeps the freed pages, fragmented, and the actor grew with the
-        # users it scored (1.0 GB after 50k users, 1.4 GB after 200k). Handing them back
-        # after each batch keeps it at about 1.0 GB. Absent outside glibc.
+        # Each batch allocates and frees tensors and Arrow buffers; glibc keeps the freed
+        # pages, fragmented, and the actor grew with the users it scored (1.0 GB after
+        # 50k users, 1.4 GB after 200k). Handing them back after each batch keeps it
+        # flat. Absent outside glibc. Arrow's own pool (mimalloc) keeps its freed pages
+        # out of malloc_trim's reach: with it the actors still grew 20% from 50k to 200k
+        # users (bench/score.py), so this process's Arrow allocates with malloc too.
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         self.trim = getattr(libc, "malloc_trim", None)
+        if self.trim is not None:
+            pa.set_memory_pool(pa.system_memory_pool())
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

@@ -365,8 +365,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss, steps, train_s, data_s = train_epoch(epoch)
         valid_start = time.perf_counter()
         metrics, value = ({}, math.nan) if every_event else validate(model)
-        if every_event:
-            state.update(best_epoch=epoch)
+        if every_event or math.isnan(value):
+            # NaN: the validation split holds nothing the metric can measure (zeroshot's
+            # AUC with no validation user who has both outcomes of a tag). It stays so,
+            # since the labels do not depend on the weights: as with no validation at
+            # all, each epoch's weights are the result and patience does not apply.
+            if rank == 0 and not every_event and epoch == 0:
+                log.warning("validation measured no %s (nothing in the validation split to measure): "
+                            "no early stopping, the last epoch's weights are kept", tc.metric)
+            state.update(best_epoch=epoch, best=value)
             best = ckpt.weights(model)
         elif value > state["best"]:
             state.update(best=value, best_epoch=epoch, bad_epochs=0, best_valid=_valid(metrics))

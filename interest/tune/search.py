@@ -210,7 +210,8 @@ def search(task_name: str, prepared: str, out: str, base: dict[str, Any], space:
     finished = trials.filter(pa.compute.is_valid(trials["best"])).sort_by([("best", "descending")])
     if finished.num_rows == 0:
         errors = [str(r.error)[:300] for r in grid if r.error]
-        raise RuntimeError(f"no trial of the search reported {metric}" + (f"; first error: {errors[0]}" if errors else ""))
+        raise RuntimeError(f"no trial of the search measured {metric} (a NaN says the validation split holds "
+                           f"nothing it can measure)" + (f"; first error: {errors[0]}" if errors else ""))
     winner = json.loads(finished["params"][0].as_py())
     best_cfg = C.to_dict(C.from_dict(task.config_cls, merge(base, winner)))
     write_best(io.join(out, BEST), task_name, prepared, best_cfg, finished["best"][0].as_py(), metric)

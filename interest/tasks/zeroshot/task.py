@@ -19,6 +19,7 @@ users who never touched them before the test window.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
@@ -311,7 +312,9 @@ class ZeroShotTask(Task):
         return {"auc": float(np.sum(aucs)), "tags": len(aucs), "users": len(scores)}
 
     def metrics_from_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        return {"auc": sums["auc"] / max(sums["tags"], 1), "tags": sums["tags"], "users": sums["users"]}
+        # NaN, not 0, where no tag was measurable: "nothing measured" is no score at all.
+        return {"auc": sums["auc"] / sums["tags"] if sums["tags"] else math.nan, "tags": sums["tags"],
+                "users": sums["users"]}
 
     @torch.no_grad()
     def test_users(self, model, batch: dict[str, np.ndarray], cfg: ZeroShotConfig, meta: Meta, device
