@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import (demo, discover, embed_items, evaluate, generate, pipeline, prepare, score, train, tune,
-                      verify_output)
+from ray_jobs import (demo, discover, embed_items, evaluate, generate, pipeline, prepare, report, score, train,
+                      tune, verify_output)
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
     "pipeline": (pipeline, "the nightly job: prepare, embed, train, evaluate, refit, score and publish every table"),
     "verify-output": (verify_output, "check a day's warehouse partitions against their run manifest"),
+    "report": (report, "draw a day's report: data, quality, outputs and drift, as one HTML page"),
     "generate": (generate, "write a synthetic e-commerce log with planted interests"),
     "prepare": (prepare, "validate, deduplicate, index and split event logs on Ray Data"),
     "embed-items": (embed_items, "embed every item's text once with a transformers encoder"),

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from interest import io
     from interest.pipeline.config import load
+    from interest.report.build import report_folder
 
     argv = ["--config", args.config, *(f"--set={s}" for s in args.set)]
     argv += ["--verbose"] * args.verbose + (["--address", args.address] if args.address else [])
@@ -49,6 +50,11 @@ def _main(args: argparse.Namespace) -> int:
     print(f"\nwarehouse: {cfg.out} (one folder per table, dt={cfg.dt}); run manifest: "
           f"{cfg.out}/_runs/{manifest['run_id']}.json; check it with "
           f"`interest verify-output {cfg.out} --dt {cfg.dt}`")
+    report = io.join(report_folder(cfg.out, cfg.dt), "report.html")
+    if io.exists(report):
+        print(f"report: {report} (open it in a browser)")
+    else:
+        print(f"report: not written; draw it with `interest report {cfg.out} --dt {cfg.dt}`")
     return 0
 
 

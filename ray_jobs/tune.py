@@ -34,6 +34,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs of each trial's training workers")
     parser.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial")
     parser.add_argument("--seed", type=int, default=0, help="of the configurations drawn")
+    parser.add_argument("--no-default-trial", action="store_true",
+                        help="draw every trial; by default the first trains the config's own values")
     parser.add_argument("--verbose", action="store_true",
                         help="show the library's and Ray's logs on the console (default: in OUT/logs/)")
     add_ray_args(parser)
@@ -56,7 +58,7 @@ def _main(args: argparse.Namespace) -> int:
     sc = SearchConfig(num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
                       time_budget_s=args.time_budget_s, num_workers=args.num_workers,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                      grace_period=args.grace_period, seed=args.seed)
+                      grace_period=args.grace_period, seed=args.seed, start_from_defaults=not args.no_default_trial)
     base, space = prepare_search(args.task, args.data, C.to_dict(cfg), space, fixed)  # before Ray starts
     # Tune's TensorBoard writer logs each metric name it renames (valid/ndcg@10).
     logging.getLogger("tensorboardX").setLevel(logging.WARNING)

@@ -204,3 +204,22 @@ def test_grid_search_inside_the_grid_stops_once_the_metric_falls():
     assert value == 50 and searched == [20, 50, 100]
     value, _, searched = grid_search("itemknn", lambda k: (-abs(k - 3), None), "recall@20")
     assert value == 2 and searched == [20, 50, 10, 5, 2, 1]  # halving from 20; k a whole number >= 1
+
+
+def test_reliability_bins_add_up_over_batches_and_ece_measures_the_gap():
+    from interest.evaluate.metrics import Reliability
+
+    rng = np.random.default_rng(0)
+    p = rng.random(20_000)
+    honest, whole = Reliability(), Reliability()
+    for lo in range(0, len(p), 3000):  # in batches, as evaluation adds them
+        honest.add(p[lo:lo + 3000], rng.random(len(p[lo:lo + 3000])) < p[lo:lo + 3000])
+    whole.add(p, p > 2)  # never happens: the gap is the mean probability
+    h, w = honest.as_dict(), whole.as_dict()
+    assert h["n"] == w["n"] == len(p) and sum(b["n"] for b in h["bins"]) == len(p) and len(h["bins"]) == 10
+    assert h["ece"] < 0.02 and w["ece"] == pytest.approx(p.mean())
+    assert all(abs(b["probability"] - b["frequency"]) < 0.05 for b in h["bins"])
+    one = Reliability()
+    one.add(np.array([1.0, 0.0]), np.array([True, False]))  # the edges fall in the end bins
+    assert one.as_dict() == {"bins": [{"n": 1, "probability": 0.0, "frequency": 0.0},
+                                      {"n": 1, "probability": 1.0, "frequency": 1.0}], "ece": 0.0, "n": 2}

@@ -2,8 +2,10 @@
 partitions queried with DuckDB, reruns, a scoring pass killed half-way, the gate,
 ``interest verify-output``, and the checks made before Ray starts."""
 
+import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,6 +278,80 @@ def test_duckdb_reads_the_partitions(nightly):
                 [str(out / W.PUBLISHED / "user_recommendations.json")])
     assert con.execute("SELECT count(*) FROM read_parquet(getvariable('files'), hive_partitioning = true) "
                        "WHERE dt = ?", [DAY]).fetchone()[0] == counts["user_recommendations"]
+
+
+@pytest.mark.ray
+def test_the_pipeline_draws_its_report_and_the_next_day_flags_what_moved(nightly, tmp_path, capsys):
+    from interest.report.build import build
+
+    out = nightly["out"]
+    report = out / "_reports" / f"dt={DAY}" / "report.html"
+    assert f"report: {report}" in nightly["stdout"]
+    html = report.read_text()
+    for section in ("data", "quality", "calibration", "outputs", "drift"):
+        assert f'<section id="{section}">' in html
+    embedded = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    pngs = sorted(p.name for p in report.parent.glob("*.png"))
+    assert len(embedded) == len(pngs) and all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in embedded)
+    assert {"data_events_per_day.png", "outputs_coverage.png", "outputs_popularity_bias.png",
+            "outputs_user_tags_shares.png", "outputs_user_next_actions_shares.png", "calibration_tags.png",
+            "calibration_next_behavior.png"} <= set(pngs)
+    for task in ("sequence", "tags", "recommend", "zeroshot"):  # every task's training curves
+        assert f"quality_{task}_loss.png" in pngs, pngs
+    assert "No earlier published day to compare with" in html
+    # The next day: the same outputs, but sequence's test NDCG halved. It heads the page.
+    manifest = W.latest_published(str(out), DAY)
+    later = tmp_path / "warehouse"
+    (later / W.RUNS).mkdir(parents=True)
+    shutil.copy(W.manifest_path(str(out), manifest["run_id"]), later / W.RUNS)
+    nxt = json.loads(json.dumps(manifest))
+    nxt.update(dt="2026-12-01", run_id="2026-12-01-next", finished="9999-12-31T00:00:00+00:00")
+    nxt["evaluation"]["sequence"]["metrics"]["model"]["ndcg@10"] /= 2
+    (later / W.RUNS / "2026-12-01-next.json").write_text(json.dumps(nxt))
+    assert cli.main(["report", str(later), "--dt", "2026-12-01"]) == 0
+    html = Path(capsys.readouterr().out.strip()).read_text()
+    flags = html[html.index('<div class="flags"'):html.index("</div>")]
+    assert "sequence: test ndcg@10 (model)" in flags and "-50.0%" in flags
+    assert flags.count("<li>") == 1  # nothing else moved
+    assert f"previous: dt={DAY}" in html
+
+
+def _chromium() -> str:
+    """Debian's Chromium, which `make` installs; a skip only where nothing could install it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        pytest.fail("Chromium is missing, though apt-get could install it: run `make chromium`")
+    pytest.skip("no Chromium, and no package manager to install it as root (`make chromium` says the same)")
+
+
+@pytest.mark.ray
+def test_the_report_opens_in_a_real_browser_with_every_section_and_image(nightly):
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    report = nightly["out"] / "_reports" / f"dt={DAY}" / "report.html"
+    shot = ROOT / "test-artifacts" / "report.png"
+    shot.parent.mkdir(exist_ok=True)
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.goto(report.as_uri(), wait_until="load")
+        sections = page.eval_on_selector_all("section h2", "els => els.map(e => e.textContent)")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.alt])")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    print(f"screenshot: {shot}")
+    assert sections == ["Data", "Quality", "Calibration", "Outputs", "Drift"]
+    assert len(images) == len(list(report.parent.glob("*.png"))) >= 10
+    assert all(done and width > 0 for done, width, _ in images), [alt for d, w, alt in images if not (d and w)]
+    assert not errors, errors
+    assert shot.stat().st_size > 10_000
 
 
 @pytest.mark.ray

@@ -41,6 +41,13 @@ def test_synthetic_prepared_dataset_is_consistent(prepared_small, synthetic_smal
     ids = vocab.column("item_id").to_pylist()
     assert ids == sorted(ids)  # by id, never by counts that include the test events
     assert report["format_version"] == 2
+    # Events per day and behaviour (the report's chart), counted as the events were written.
+    stamped = events.append_column("day", pc.strftime(events[S.TS], "%Y-%m-%d"))
+    counted = stamped.group_by(["day", S.BEHAVIOR]).aggregate([(S.USER_IDX, "count")]).to_pylist()
+    want = {}
+    for row in counted:
+        want.setdefault(row["day"], [0] * len(S.BEHAVIORS))[row[S.BEHAVIOR]] = row[f"{S.USER_IDX}_count"]
+    assert report["days"] == dict(sorted(want.items())) and len(want) > 1
     users = read(prepared_small / "vocab" / "users")
     assert users.num_rows == report["users"]
     # Every catalogue item is indexed, so items nobody touched stay reachable by text.

@@ -68,6 +68,16 @@ def test_the_default_spaces_check_and_a_yaml_file_narrows_or_replaces_them(tmp_p
         "train": {"epochs": 3, "lr": 0.1}, "model": {"dim": 32}}
 
 
+def test_the_first_trial_is_the_defaults_when_they_lie_in_the_space():
+    from interest.tune.search import default_point
+
+    base = {"train": {"lr": 1e-3, "batch_size": 64}, "model": {"dim": 64}}
+    space = {"train.lr": Float(1e-4, 1e-2, log=True), "train.batch_size": Choice((32, 64)), "model.dim": Int(32, 128)}
+    assert default_point(base, space) == {"train.lr": 1e-3, "train.batch_size": 64, "model.dim": 64}
+    assert default_point(base, {**space, "train.batch_size": Choice((128, 256))}) is None  # narrowed away
+    assert default_point(base, {**space, "model.dim": Int(8, 32)}) is None
+
+
 def test_trials_fit_the_cpus_and_end_with_a_status():
     assert concurrency(SearchConfig(cpus_per_trial=1), 4) == 2  # (4 - 1 for Ray Data) / 1.5
     assert concurrency(SearchConfig(num_workers=2, cpus_per_trial=2), 4) == 1
@@ -100,8 +110,8 @@ def _base(name: str, bow_store) -> dict:
             "recommend": text, "zeroshot": text}[name]
 
 
-# A learning rate from useless to useful, so that ASHA has weak trials to stop. With seed 10
-# the three trials draw 6e-3, 1.1e-6 and 1.4e-3.
+# A learning rate from useless to useful, so that ASHA has weak trials to stop. The first
+# trial trains the config's own lr; with seed 10 the other two draw 6e-3 and 1.1e-6.
 LR = {"train.lr": Float(1e-7, 1e-2, log=True)}
 SEED = 10
 
@@ -154,6 +164,8 @@ def test_a_three_trial_search_finishes_and_asha_stops_weak_trials(name, prepared
         assert after["started"].timestamp() >= before["started"].timestamp() + before["seconds"] - 2, trials
     # Every trial's fate is the one ASHA's rule gives for the curves the table recorded.
     assert {t["trial"]: t["status"] for t in trials} == _asha(trials, epochs=3), trials
+    # The first trial trained the defaults, so the best is never worse than them on validation.
+    assert ordered[0]["param.train.lr"] == C.from_dict(get_task(name).config_cls, base).train.lr
     if name == "sequence":  # an untrained SASRec ranks at random: lr 1.1e-6 trails lr 6e-3 at once
         weak, strong = (f(trials, key=lambda t: t["param.train.lr"]) for f in (min, max))
         if weak["started"] > strong["started"]:

@@ -518,7 +518,8 @@ def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_i
                   split_cfg: dict[str, Any], cutoffs: tuple[int | None, int | None], max_len: int) -> dict[str, Any]:
     """Deduplicate, index, split and write one bucket's events, users and sequences."""
     empty = {"bucket": bucket, "users": 0, "events": 0, "split": [0, 0, 0], "truncated_users": 0,
-             "users_with_test": 0, "files": {}, "item_counts": (np.zeros(0, np.int64), np.zeros(0, np.int64))}
+             "users_with_test": 0, "files": {}, "item_counts": (np.zeros(0, np.int64), np.zeros(0, np.int64)),
+             "days": {}}
     t = read_bucket(staging, bucket, _staged_columns())
     if t is None or t.num_rows == 0:
         return empty
@@ -555,7 +556,20 @@ def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_i
     items, counts = np.unique(item_idx, return_counts=True)
     return {"bucket": bucket, "users": len(user_start), "events": n, "files": files,
             "split": np.bincount(split, minlength=3).tolist(), "truncated_users": int((user_len > max_len).sum()),
-            "users_with_test": int((seqs.column("n_test").to_numpy() > 0).sum()), "item_counts": (items, counts)}
+            "users_with_test": int((seqs.column("n_test").to_numpy() > 0).sum()), "item_counts": (items, counts),
+            "days": day_counts(ts_us, behavior)}
+
+
+def day_counts(ts_us: np.ndarray, behavior: np.ndarray) -> dict[str, list[int]]:
+    """Events per UTC day and behaviour type: {"YYYY-MM-DD": [count per S.BEHAVIORS]} (the
+    report's events-per-day chart; a few numbers per day, whatever the events)."""
+    days = ts_us // 86_400_000_000
+    keys, counts = np.unique(days * len(S.BEHAVIORS) + behavior, return_counts=True)
+    out: dict[str, list[int]] = {}
+    for key, n in zip(keys.tolist(), counts.tolist()):
+        day = (dt.date(1970, 1, 1) + dt.timedelta(days=key // len(S.BEHAVIORS))).isoformat()
+        out.setdefault(day, [0] * len(S.BEHAVIORS))[key % len(S.BEHAVIORS)] = n
+    return out
 
 
 # --- items ------------------------------------------------------------------------------
@@ -765,6 +779,14 @@ def resolve_cutoffs(split: SplitConfig, ts_sample: list[np.ndarray]) -> tuple[in
     return valid, test
 
 
+def _merge_days(parts) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for part in parts:
+        for day, counts in part.items():
+            out[day] = [a + b for a, b in zip(out.get(day, [0] * len(counts)), counts)]
+    return dict(sorted(out.items()))
+
+
 def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats, cutoffs, seconds) -> dict[str, Any]:
     """The accounting of every input row, per file and in total, plus split and size figures.
 
@@ -804,6 +826,7 @@ def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats
                   "events": dict(zip(S.SPLITS, split_counts)),
                   "users_with_test": sum(r.get("users_with_test", 0) for r in b2)},
         "sequences": {"max_len": cfg.max_len, "truncated_users": sum(r["truncated_users"] for r in b2)},
+        "days": _merge_days(r["days"] for r in b2),
         "buckets": buckets,
         "seconds": round(seconds, 2),
     }

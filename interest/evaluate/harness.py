@@ -30,9 +30,9 @@ from interest.common.events import history_matrix, interaction_matrix, read_even
 from interest.common.topn import seen_pairs
 from interest.config import ConfigError
 from interest.evaluate.baselines import EASE, GRIDS, Popularity, grid_search
-from interest.evaluate.metrics import (Protocol, auc, means_from_sums, metrics_from_ranks, multilabel_per_user,
-                                      per_rank, ranks_from_scores, recall_at, sums_over_users, top_k_per_user,
-                                      top_k_sums)
+from interest.evaluate.metrics import (Protocol, Reliability, auc, means_from_sums, metrics_from_ranks,
+                                      multilabel_per_user, per_rank, ranks_from_scores, recall_at, sums_over_users,
+                                      top_k_per_user, top_k_sums)
 from interest.tasks.zeroshot.task import prototype
 from interest.train import checkpoint as ckpt
 
@@ -212,6 +212,15 @@ def behavior_metrics(c: Collected, majority: int) -> dict[str, dict[str, float]]
     }
 
 
+def behavior_calibration(c: Collected) -> dict[str, Any]:
+    """The reliability of the next behaviour as published (``user_next_actions``): the
+    most likely behaviour's probability against how often it came next."""
+    probs, y = np.concatenate(c.behavior_probs), c.cat("target_behaviors").astype(np.int64)
+    diagram = Reliability()
+    diagram.add(probs.max(1), probs.argmax(1) == y)
+    return diagram.as_dict()
+
+
 def macro_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     """One-vs-rest ROC AUC averaged over the classes present with both outcomes (ties count
     half); None when no class has both (a single behaviour type, as in order-only data)."""
@@ -250,6 +259,8 @@ def evaluate_next_item(task, model, chooser, cfg, meta, prepared: str, protocol:
     train_behaviors = read_events(prepared, [S.BEHAVIOR], (0,))[S.BEHAVIOR].astype(np.int64)
     majority = int(np.bincount(train_behaviors, minlength=len(S.BEHAVIORS)).argmax())
     results["behavior"] = behavior_metrics(test, majority)
+    if results["behavior"]:
+        results["calibration"] = {"next_behavior": behavior_calibration(test)}
     return results
 
 
@@ -350,6 +361,11 @@ def evaluate_tags(task, model, chooser, cfg, meta, prepared: str, protocol: Prot
     sums = {m: {f"p@{k}": 0.0, f"r@{k}": 0.0, "map": 0.0, "users": 0} for m in methods}
     model_s, users = 0.0, 0
     ds = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
+    # The probabilities as scoring publishes them: each user's top k tags, at the
+    # temperature fitted on the validation windows.
+    temperature = task.calibrate(model, ds.iter_batches(batch_size=batch_size, batch_format="numpy"), cfg, meta,
+                                 torch.device("cpu"))
+    calibration = Reliability()
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         users += len(batch[S.USER_IDX])
         ex = task.examples(batch, cfg, meta, "test")
@@ -365,6 +381,9 @@ def evaluate_tags(task, model, chooser, cfg, meta, prepared: str, protocol: Prot
             _add(sums[m], sums_over_users(kept, values))
             if m == "model" and per_user is not None:
                 per_user.add(batch[S.USER_IDX][ex.rows[kept]], values)
+        top = np.argsort(-scored["model"], axis=1, kind="stable")[:, :k]
+        calibration.add(torch.sigmoid(torch.take_along_dim(logits, torch.as_tensor(top), 1) / temperature).numpy(),
+                        np.take_along_axis(ex.target > 0, top, 1))
     results: dict[str, Any] = {"protocol": {**protocol.as_dict(), "k": k, "ranking": "every tag",
                                             "target": "tags of the later window"
                                             if meta.extra.get("labels") is None else "supplied labels",
@@ -372,6 +391,8 @@ def evaluate_tags(task, model, chooser, cfg, meta, prepared: str, protocol: Prot
     for m in methods:
         results[m] = task.metrics_from_sums(sums[m])
     results["model"]["users_per_s"] = round(results["model"]["users"] / max(model_s, 1e-9), 1)
+    results["calibration"] = {"tags": {**calibration.as_dict(), "temperature": temperature,
+                                       "of": f"each user's top {k} tags"}}
     results["tags"] = tags.report
     results["users"] = {"read": users, "with_labels": int(sums["model"]["users"]),
                         "without_labels": users - int(sums["model"]["users"])}

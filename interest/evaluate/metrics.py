@@ -277,3 +277,30 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, level: float =
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return float(d.mean()), float(lo), float(hi)
+
+
+class Reliability:
+    """A reliability diagram's figures, added up over batches: per equal-width bin of the
+    predicted probability, how many predictions, their mean, and how often the event
+    happened. Expected calibration error: the bins' |mean probability - frequency|,
+    weighted by their share of the predictions."""
+
+    def __init__(self, bins: int = 10):
+        self.n, self.p, self.y = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+
+    def add(self, probs: np.ndarray, happened: np.ndarray) -> None:
+        probs = np.asarray(probs, np.float64).ravel()
+        at = np.minimum((probs * len(self.n)).astype(np.int64), len(self.n) - 1)  # p = 1 in the last bin
+        self.n += np.bincount(at, minlength=len(self.n))
+        self.p += np.bincount(at, weights=probs, minlength=len(self.n))
+        self.y += np.bincount(at, weights=np.asarray(happened, np.float64).ravel(), minlength=len(self.n))
+
+    def as_dict(self) -> dict:
+        """{"bins": [{"n", "probability", "frequency"}] (empty bins left out), "ece", "n"}."""
+        full = self.n > 0
+        mean_p = np.divide(self.p, self.n, out=np.zeros_like(self.p), where=full)
+        freq = np.divide(self.y, self.n, out=np.zeros_like(self.y), where=full)
+        total = self.n.sum()
+        ece = float((self.n * np.abs(mean_p - freq)).sum() / total) if total else None
+        return {"bins": [{"n": int(n), "probability": float(p), "frequency": float(f)}
+                         for n, p, f in zip(self.n[full], mean_p[full], freq[full])], "ece": ece, "n": int(total)}

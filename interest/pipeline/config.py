@@ -153,6 +153,23 @@ class ScoreResources:
 
 
 @dataclass
+class ReportConfig:
+    """The day's report (``interest report``), written after the publish.
+
+    Args:
+        drift_threshold: a relative change of a metric or output statistic against the
+            previous day (for the rank-1 mix: its total variation) past which the report
+            lists it at the top.
+    """
+
+    drift_threshold: float = 0.1
+
+    def __post_init__(self):
+        if not self.drift_threshold > 0:
+            raise ConfigError(f"report.drift_threshold must be > 0, got {self.drift_threshold}")
+
+
+@dataclass
 class PipelineConfig:
     """``interest pipeline --config FILE``.
 
@@ -170,6 +187,7 @@ class PipelineConfig:
         train: Ray Train workers.
         refit_epochs: epochs of the refit on every event, from the evaluated weights.
         score: the scoring pass's resources.
+        report: the report drawn at the end (:class:`ReportConfig`).
     """
 
     out: str = ""
@@ -182,6 +200,7 @@ class PipelineConfig:
     train: TrainResources = field(default_factory=TrainResources)
     refit_epochs: int = 1
     score: ScoreResources = field(default_factory=ScoreResources)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self):
         if not self.out or not self.work:

@@ -40,6 +40,7 @@ from interest.pipeline import warehouse as W
 from interest.common.space import check as check_space
 from interest.common.space import from_yaml
 from interest.pipeline.config import PipelineConfig, TaskStep, TuneStep, absolute, gate_of, retrain_days, task_config
+from interest.report.build import build as build_report
 from interest.score.batch import plan, score_users, write_audiences
 from interest.tasks import get_task
 from interest.tasks.zeroshot.newtags import read_for, read_new_tags
@@ -225,7 +226,21 @@ class Pipeline:
                                       f"scoring again as a new attempt ({tries + 1}/{SCORE_TRIES})")
         with self.step(7, "publish", f"{len(scores['tables'])} table(s) -> {cfg.out} dt={self.day}") as out:
             out["note"] = self.publish(run_id, scores)
+        self.report()
         return self.manifest
+
+    def report(self) -> None:
+        """Draw the day's report. After the publish, so a report that fails leaves the
+        tables published: the console says so and why, and `interest report` redraws it."""
+        start = time.perf_counter()
+        try:
+            path = build_report(self.cfg.out, self.day, threshold=self.cfg.report.drift_threshold)
+        except Exception as exc:  # noqa: BLE001  (the tables are out; the report is the readers' view of them)
+            log.warning("the report of dt=%s failed", self.day, exc_info=True)
+            self.console.line(f"report: not written ({type(exc).__name__}: {exc}); the tables are published. "
+                              f"Retry: interest report {self.cfg.out} --dt {self.day}")
+            return
+        self.console.line(f"report: {path} ({time.perf_counter() - start:.1f} s)")
 
     def prepare(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -242,7 +257,10 @@ class Pipeline:
             result = self.record("prepare", fp, {
                 "fingerprint": fp, "prepared": self.prepared, "files": len(report["files"]),
                 "events": report["total"]["kept"], "quarantined": report["total"]["quarantined"],
-                "users": report["users"], "items": report["items"]["total"], **event_summary(self.prepared)})
+                "users": report["users"], "items": report["items"]["total"],
+                "duplicates_removed": report["total"]["duplicates_removed"],
+                "quarantine_reasons": report["quarantine_reasons"], "days": report["days"],
+                **event_summary(self.prepared)})
             note = f"{result['events']:,} events of {result['users']:,} users"
         return {**result, "note": note}
 
@@ -368,7 +386,8 @@ class Pipeline:
             io.write_json(results, path)
             note = f"{results['seconds']} s"
         gate = check_gate(results, metric, beat, margin)
-        self.manifest["evaluation"][name] = {"metrics": _headline(results), "gate": gate, "file": path}
+        self.manifest["evaluation"][name] = {"metrics": _headline(results), "gate": gate, "file": path,
+                                             "ece": {k: v["ece"] for k, v in results.get("calibration", {}).items()}}
         return f"{note}; gate {'passed' if gate['passed'] else 'FAILED'}: {gate['why']}"
 
     def refit(self, name: str, step: TaskStep, run: str) -> tuple[str, str]:

@@ -70,6 +70,11 @@ class SearchConfig:
         grace_period: epochs every trial trains before ASHA may stop it.
         reduction_factor: ASHA keeps about 1 in this many trials at each rung.
         seed: of the configurations drawn.
+        start_from_defaults: the first trial trains the base config's own values of the
+            space's keys (where each lies in its range), so the search's best is never
+            worse on validation than what the user had. Without it, a search of 48
+            trials on MovieLens 100K (sequence) returned a config 0.020 NDCG@10 worse on
+            the test users than the defaults (bench/tune.py).
     """
 
     num_samples: int = 8
@@ -81,6 +86,7 @@ class SearchConfig:
     grace_period: int = 1
     reduction_factor: int = 2
     seed: int = 0
+    start_from_defaults: bool = True
 
     def __post_init__(self):
         if self.num_samples < 1 or self.num_workers < 1 or self.grace_period < 1:
@@ -105,6 +111,22 @@ def concurrency(sc: SearchConfig, cluster_cpus: float) -> int:
     trials' training waits on (held by trials, it would wait forever)."""
     per_trial = sc.cpus_per_trial + FUNCTION_CPUS
     return max(1, int((cluster_cpus - 1) // per_trial))
+
+
+def default_point(base: dict[str, Any], space: Space) -> dict[str, Any] | None:
+    """The base config's values of the space's keys, or None where one lies outside its
+    range (a space narrowed away from the defaults is searched as given)."""
+    point = {}
+    for key, param in space.items():
+        value = base
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        inside = (value in param.values if isinstance(param, Choice)
+                  else isinstance(value, (int, float)) and param.low <= value <= param.high)
+        if not inside:
+            return None
+        point[key] = value
+    return point
 
 
 def to_tune(param: Param):
@@ -182,6 +204,9 @@ def search(task_name: str, prepared: str, out: str, base: dict[str, Any], space:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     Progress.say = staticmethod(say)
     progress = Progress(sc.num_samples, metric, epochs, cfg.train.patience)
+    defaults = default_point(C.to_dict(cfg), space) if sc.start_from_defaults else None
+    if sc.start_from_defaults and defaults is None:
+        log.info("the defaults lie outside the space: no trial starts from them")
     if tune.Tuner.can_restore(path, storage_filesystem=storage_fs):
         log.info("resuming the search in %s", io.join(out, SEARCH))
         tuner = tune.Tuner.restore(path, trainable=function, resume_unfinished=True, resume_errored=True,
@@ -194,7 +219,8 @@ def search(task_name: str, prepared: str, out: str, base: dict[str, Any], space:
                 num_samples=sc.num_samples, time_budget_s=sc.time_budget_s,
                 # Draws repeat with the seed. The concurrency goes to the generator itself:
                 # Tune ignores max_concurrent_trials beside a search_alg instance.
-                search_alg=BasicVariantGenerator(random_state=sc.seed, max_concurrent=concurrent),
+                search_alg=BasicVariantGenerator(random_state=sc.seed, max_concurrent=concurrent,
+                                                 points_to_evaluate=[defaults] if defaults else None),
                 # stop_last_trials=False: a trial that reaches max_t ends by itself, and shuts
                 # its training down cleanly, instead of being stopped at its last report.
                 scheduler=ASHAScheduler(metric=metric, mode="max", time_attr="training_iteration", max_t=epochs,
