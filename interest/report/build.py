@@ -73,19 +73,21 @@ def report_folder(out: str, day: str) -> str:
     return io.join(out, REPORTS, f"dt={day}")
 
 
-def previous_manifest(out: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """The newest published run of an earlier day: what this day is compared with."""
-    earlier = [m for m in W.manifests(out) if m.get("status") == "published" and m["dt"] < manifest["dt"]]
+def previous_manifest(published: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest of the ``published`` runs of an earlier day: what this day is compared with."""
+    earlier = [m for m in published if m["dt"] < manifest["dt"]]
     return max(earlier, key=lambda m: (m["dt"], m.get("finished") or ""), default=None)
 
 
 def build(out: str, day: str, *, threshold: float = 0.1) -> str:
     """Write the report of ``day``'s published run under ``OUT/_reports/dt=DAY/``; returns
     the HTML file's path. ``threshold``: a relative change past which a drift is flagged."""
-    manifest = W.latest_published(out, day)
-    if manifest is None:
+    published = [m for m in W.manifests(out) if m.get("status") == "published"]  # one read of the manifests
+    of_day = [m for m in published if m["dt"] == day]
+    if not of_day:
         raise io.InputError(f"no published run for dt={day} in {io.join(out, W.RUNS)}: nothing to report on")
-    before = previous_manifest(out, manifest)
+    manifest = of_day[-1]  # the newest, as W.latest_published picks it
+    before = previous_manifest(published, manifest)
     folder = report_folder(out, day)
     with tempfile.TemporaryDirectory() as scratch:
         sections = [data_section(manifest, before, scratch), quality_section(manifest, scratch),
