@@ -24,14 +24,9 @@ from _common import (add_dataset_args, add_task_args, embed_items, emit_json, ep
                      last_json, precision, prepared_dataset, print_table, run_measured, work_folder,
                      worker_peak_mb)
 
+from interest.data.prepared import load_report  # noqa: E402
+from interest.evaluate import published  # noqa: E402
 from ray_jobs.evaluate import METHODS  # noqa: E402
-
-# Published full-ranking HR@10 / NDCG@10 on exactly these files (../shared/data/README.md).
-PUBLISHED = {
-    "amazon_beauty_s3rec": {"SASRec": (0.0605, 0.0318), "ICLRec": (0.0744, 0.0403)},
-    "amazon_beauty_bert4rec": {"SASRec+ (full CE)": (0.0533, 0.0327)},
-    "amazon_scientific_unisrec": {"VQ-Rec": (0.1211, 0.0643)},
-}
 
 # Per-file settings, before --set (which overrides them), and baselines. 54,542 items: the
 # task's default full softmax reached the validation plateau of the sampled one (4,096
@@ -96,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"{m['ndcg@20']:.4f}", param])
         elif m:
             rows.append([method, "-", "-", "-", "-", f"skipped: {m.get('skipped', '')}"])
-    for pub, (hr, ndcg) in PUBLISHED.get(name, {}).items():
-        rows.append([f"{pub} (published)", f"{hr:.4f}", f"{ndcg:.4f}", "", "", ""])
+    for r in published.for_prepared(load_report(str(prepared)))[1]:  # on exactly this file only
+        rows.append([f"{r.model} (published)", *(f"{r.metrics[k]:.4f}" if k in r.metrics else ""
+                                                  for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20")), r.source])
     p = results["protocol"]
     print(f"\n{name}: {p['split']} split, {p['ranking']} ranking, seen items "
           f"{'masked' if p['mask_seen'] else 'not masked'}, {results['model']['users']:,} users")

@@ -35,11 +35,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def print_report(report: dict, out: str) -> None:
     rows = [(f, c) for f, c in report["files"].items()]
     width = min(70, max([len(f) for f, _ in rows] + [5]))
-    print(f"\n{'file':<{width}} {'input':>11} {'kept':>11} {'quarantined':>11} {'duplicates':>11}")
+    print(f"\n{'file':<{width}} {'input':>11} {'kept':>11} {'quarantined':>11} {'duplicates':>11} {'forgotten':>11}")
     for f, c in rows + [("total", report["total"])]:
         name = f if len(f) <= width else "..." + f[-width + 3:]
         print(f"{name:<{width}} {c['input']:>11,} {c['kept']:>11,} {c['quarantined']:>11,} "
-              f"{c['duplicates_removed']:>11,}")
+              f"{c['duplicates_removed']:>11,} {c['forgotten']:>11,}")
     for reason, n in sorted(report["quarantine_reasons"].items(), key=lambda kv: -kv[1]):
         print(f"  quarantined for {reason}: {n:,}")
     s = report["split"]

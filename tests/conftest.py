@@ -339,3 +339,14 @@ def assert_per_user_matches(results: dict, metric: str) -> None:
     users, values = table.column(0).to_numpy(), table.column(metric).to_numpy()
     assert len(users) == results["model"]["users"] > 0 and len(set(users.tolist())) == len(users)
     assert abs(values.mean() - results["model"][metric]) < 1e-9
+
+
+def set_dotted(cfg: dict, changes: dict) -> dict:
+    """``cfg`` (a config as nested dicts) with each ``a.b.c: value`` of ``changes`` set."""
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return cfg

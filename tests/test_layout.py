@@ -19,6 +19,7 @@ FLOORS = {
     "interest.schemas": 1, "interest.config": 1, "interest.io": 1,
     "interest.data": 2, "interest.text": 2,
     "interest.common": 3, "interest.evaluate.metrics": 3, "interest.evaluate.baselines": 3,
+    "interest.evaluate.published": 3,
     "interest.tasks": 4,
     "interest.train": 5, "interest.tune": 5, "interest.score": 5, "interest.evaluate": 5, "interest.report": 5,
     "interest.pipeline": 6, "interest.report.build": 6,  # the report reads the warehouse's manifests

@@ -26,7 +26,7 @@ from interest.pipeline.config import retrain_days
 from interest.pipeline.run import check_gate, drift
 from interest.score.batch import Summary, summarize
 from interest.score.fallback import Fallback, complete
-from conftest import kill_node_running, ray_head, three_nodes
+from conftest import kill_node_running, ray_head, set_dotted, three_nodes
 
 DAY = "2026-11-30"
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,12 +155,7 @@ def _config(root: Path, synthetic: Path, encoder: Path, **changes) -> Path:
             "zeroshot": {"new_tags": str(new_tags), "audience": 20, "config": {"train": {"epochs": 1}}},
         },
     }
-    for key, value in changes.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+    set_dotted(cfg, changes)
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -95,9 +95,9 @@ def test_bad_rows_are_quarantined_and_accounted(tmp_path, ray_start_4_cpus):
     out = tmp_path / "out"
     report = prepare(PrepareConfig(input=str(data), out=str(out)))
     a = report["files"][str(data / "a.csv")]
-    assert a == {"input": 14, "kept": 5, "quarantined": 8, "duplicates_removed": 1}
+    assert a == {"input": 14, "kept": 5, "quarantined": 8, "duplicates_removed": 1, "forgotten": 0}
     assert report["files"][str(data / "b.csv")] == {"input": 1, "kept": 1, "quarantined": 0,
-                                                     "duplicates_removed": 0}
+                                                     "duplicates_removed": 0, "forgotten": 0}
     assert report["quarantine_reasons"] == {
         "empty user_id": 1, "empty item_id": 1, "unknown behavior": 1, "unparseable timestamp": 1,
         "timestamp out of range": 1, "negative price": 1, "malformed row": 1, "broken encoding": 1}
@@ -110,6 +110,24 @@ def test_bad_rows_are_quarantined_and_accounted(tmp_path, ray_start_4_cpus):
     events = read(out / "events")
     assert "商品" in events.column("item_id").to_pylist()
     assert sorted(set(events.column("behavior").to_pylist())) == [0, 2, 3, 4]  # view fav cart buy
+
+
+def test_forgotten_users_reach_no_table_and_no_quarantine_record(tmp_path, ray_start_4_cpus):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.csv").write_text(BAD_CSV)
+    (tmp_path / "forget.csv").write_text("user_id\nu3\nu1\nnobody\n")  # u3's rows are all bad ones
+    out = tmp_path / "out"
+    report = prepare(PrepareConfig(input=str(data), out=str(out), forget=str(tmp_path / "forget.csv")))
+    # u1: 4 rows (one a duplicate); u3: 6 rows, five quarantined before and one malformed line
+    assert report["files"][str(data / "a.csv")] == {"input": 13, "kept": 2, "quarantined": 1,
+                                                     "duplicates_removed": 0, "forgotten": 10}
+    assert report["quarantine_reasons"] == {"empty user_id": 1}
+    for folder in ("events", "sequences", "vocab/users", "quarantine/events"):
+        table = read(out / folder)
+        text = " ".join(str(v) for col in table.columns for v in col.to_pylist())
+        assert "u1" not in text.split() and "u3" not in text, folder
+    assert sorted(read(out / "sequences").column("user_id").to_pylist()) == ["u2", "u4"]
 
 
 def test_time_split_with_quantile_cutoffs(synthetic_small, tmp_path, ray_start_4_cpus):
@@ -159,7 +177,7 @@ def test_json_lines_and_glob_inputs(tmp_path, ray_start_4_cpus):
     (tmp_path / "day2.jsonl").write_text(json.dumps(rows[2]) + "\n")
     (tmp_path / "notes.txt").write_text("not an input")
     report = prepare(PrepareConfig(input=str(tmp_path / "day*.jsonl"), out=str(tmp_path / "o")))
-    assert report["total"] == {"input": 3, "kept": 3, "quarantined": 0, "duplicates_removed": 0}
+    assert report["total"] == {"input": 3, "kept": 3, "quarantined": 0, "duplicates_removed": 0, "forgotten": 0}
     seqs = {r["user_id"]: r for r in read(tmp_path / "o" / "sequences").to_pylist()}
     assert seqs["u1"]["behaviors"] == [0, 4] and seqs["u2"]["n_events"] == 1
 

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from interest import schemas as S
-from interest.report.build import drift_rows, metric_groups, quarantine_examples
+from interest.evaluate import published
+from interest.report.build import drift_rows, metric_groups, published_beside, quarantine_examples
 
 
 def test_quarantine_examples_are_a_few_per_reason(tmp_path):
@@ -48,3 +49,24 @@ def test_drift_flags_what_moved_past_the_threshold_first():
     order = [r["flagged"] for r in drift_rows(now, before, 0.1)]
     assert order == sorted(order, reverse=True)  # flagged first
     assert drift_rows(now, None, 0.1) == []
+
+
+def test_published_results_are_drawn_only_on_their_file_and_protocol():
+    report = {"config": {"format": "s3rec", "split": {"method": "leave_last", "k": 1}},
+              "files": {"/data/amazon_beauty_s3rec/Beauty.txt": {"input": 198_502}}}
+    assert published.source_of(report).dataset == "amazon_beauty_s3rec"
+    edited = {**report, "files": {"/data/Beauty.txt": {"input": 198_400}}}  # a filtered copy
+    other_split = {**report, "config": {"format": "s3rec", "split": {"method": "time", "k": 1}}}
+    assert published.source_of(edited) is None and published.source_of(other_split) is None
+
+    protocol = {"ranking": "full", "split": "test", "target": "first", "mask_seen": True}
+    groups = {"hr@10": {"model": 0.07, "popularity": 0.01}, "ndcg@10": {"model": 0.04, "popularity": 0.006}}
+    drawn = published_beside(groups, {"protocol": protocol}, "amazon_beauty_s3rec")
+    assert "ICLRec" in [r.model for r in drawn]
+    assert groups["ndcg@10"]["ICLRec (published)"] == 0.0403 and groups["hr@10"]["SASRec (published)"] == 0.0605
+    assert "hr@20" not in groups  # only beside the metrics the run measured
+    for sampled in ({**protocol, "ranking": "sampled-100"}, {**protocol, "mask_seen": False}):
+        untouched = {"hr@10": {"model": 0.5}}
+        assert published_beside(untouched, {"protocol": sampled}, "amazon_beauty_s3rec") == ()
+        assert untouched == {"hr@10": {"model": 0.5}}
+    assert published_beside({"hr@10": {"model": 0.5}}, {"protocol": protocol}, None) == ()

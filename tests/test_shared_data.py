@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from interest.data.prepare import PrepareConfig, SplitConfig, prepare
+from interest.evaluate import published
 
 pytestmark = [pytest.mark.ray, pytest.mark.shared]
 
@@ -31,6 +32,8 @@ def test_real_dataset_counts(shared_data, ray_start_4_cpus, tmp_path, folder, na
     t = report["total"]
     assert (t["input"], t["kept"], t["quarantined"], t["duplicates_removed"], report["users"],
             report["items"]["with_events"]) == expected
+    # the files with published results are recognised by their report, and only those
+    assert getattr(published.source_of(report), "dataset", None) == (folder if published.for_dataset(folder) else None)
     seqs = pq.read_table(tmp_path / "p" / "sequences")
     assert seqs.num_rows == report["users"]
     if split == "given":  # UniSRec: leave-one-out given by the files, one valid and one test item per user

@@ -49,6 +49,9 @@ class TagSpace:
     indptr: np.ndarray
     indices: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
+    # Items that carried an excluded tag (``build``'s ``exclude``): a recommendation of
+    # one would reveal the interest the tag names.
+    withheld_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def n_tags(self) -> int:
@@ -130,8 +133,18 @@ def derive_tags(category: str | None, source: str, separator: str) -> list[str]:
     return [separator.join(parts[:k]) for k in range(1, len(parts) + 1)]
 
 
-def build(items: pa.Table, *, taxonomy: str | None = None, source: str = "levels", separator: str = ".") -> TagSpace:
-    """Tags of the prepared ``items`` (item_idx, category), from ``taxonomy`` when given."""
+def excluded(tag: str, exclude: Iterable[str], separator: str = ".") -> bool:
+    """Whether ``tag`` is one of ``exclude`` or lies under one of them (a tag-path prefix:
+    ``health`` excludes ``health.vitamins``)."""
+    return any(tag == p or tag.startswith(p + (separator or " ")) for p in exclude)
+
+
+def build(items: pa.Table, *, taxonomy: str | None = None, source: str = "levels", separator: str = ".",
+          exclude: Iterable[str] = ()) -> TagSpace:
+    """Tags of the prepared ``items`` (item_idx, category), from ``taxonomy`` when given.
+    Tags ``exclude`` names (:func:`excluded`: sensitive interests) are left out of the
+    vocabulary, so they are never a label nor a prediction; the items that carried one
+    are the space's ``withheld_items``."""
     if source not in TAG_SOURCES:
         raise ConfigError(f"tag_source must be one of {', '.join(TAG_SOURCES)}, got {source!r}")
     items = items.sort_by(S.ITEM_IDX)
@@ -164,6 +177,15 @@ def build(items: pa.Table, *, taxonomy: str | None = None, source: str = "levels
             per_item.append([names.setdefault(t, len(names)) for t in derive_tags(cat, source, separator)])
         tags = list(names)
         descriptions = list(tags)
+    exclude = list(exclude)
+    withheld = np.zeros(0, np.int64)
+    if exclude:
+        drop = np.array([excluded(t, exclude, separator) for t in tags], bool)
+        withheld = items.column(S.ITEM_IDX).to_numpy()[[bool(drop[p].any()) if p else False for p in per_item]]
+        new = np.cumsum(~drop) - 1
+        per_item = [[int(new[t]) for t in p if not drop[t]] for p in per_item]
+        tags = [t for t, d in zip(tags, drop) if not d]
+        descriptions = [t for t, d in zip(descriptions, drop) if not d]
     lengths = np.array([len(p) for p in per_item], np.int64)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     indices = np.array([t for p in per_item for t in p], np.int64)
@@ -173,7 +195,10 @@ def build(items: pa.Table, *, taxonomy: str | None = None, source: str = "levels
     if report["tags_without_items"]:
         log.warning("%d of %d tags cover no item category: %s", len(report["tags_without_items"]), len(tags),
                     ", ".join(report["tags_without_items"][:10]))
-    return TagSpace(tags, descriptions, indptr, indices, report)
+    if exclude:
+        report["excluded_tags"] = int(len(drop) - len(tags))
+        report["withheld_items"] = int(len(withheld))
+    return TagSpace(tags, descriptions, indptr, indices, report, np.asarray(withheld, np.int64))
 
 
 def read_user_labels(path: str, tags: TagSpace) -> dict[str, list[int]]:

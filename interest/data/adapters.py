@@ -307,8 +307,8 @@ def read_csv_header(path: str, fs: pafs.FileSystem, delimiter: str = ",") -> lis
     return [c.strip().strip('"') for c in first.split(delimiter)]
 
 
-def _read_table_file(path: str, fs: pafs.FileSystem) -> pa.Table:
-    """Read a small side table (items catalogue) of any supported kind."""
+def read_table_file(path: str, fs: pafs.FileSystem) -> pa.Table:
+    """Read a small side table (items catalogue, forget list) of any supported kind."""
     import pyarrow.parquet as pq
 
     kind = _file_kind(path)
@@ -330,7 +330,7 @@ def items_from_table_files(items_path: str | None) -> pa.Table | None:
     if not items_path:
         return None
     fs, _ = io.filesystem(items_path)
-    tables = [_read_table_file(f, fs) for f in io.expand(items_path)]
+    tables = [read_table_file(f, fs) for f in io.expand(items_path)]
     table = pa.concat_tables(tables, promote_options="permissive")
     for name in S.ITEMS_REQUIRED:
         if name not in table.column_names:

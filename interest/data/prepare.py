@@ -31,6 +31,7 @@ import datetime as dt
 import functools
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -46,7 +47,7 @@ from ray.data import Datasink
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
-from interest.data import adapters
+from interest.data import adapters, privacy
 from interest.data.adapters import PATH_COL, InputError
 from interest.data.csv_source import MALFORMED, read_csv_stream
 from interest.data.prepared import FORMAT_VERSION, REPORT, load_report
@@ -124,6 +125,9 @@ class PrepareConfig:
         extends: an earlier prepared dataset whose item indices this one keeps: its items
             first, at the same indices, then the items new to this data (see
             :func:`build_items`), so a model trained on it applies to this one.
+        forget: a table of user ids (Parquet, CSV, JSON lines; column ``user_id``) whose
+            events are dropped before anything is staged: they reach no prepared table
+            and no quarantine record, and the accounting counts them as ``forgotten``.
     """
 
     input: str = ""
@@ -138,6 +142,7 @@ class PrepareConfig:
     max_ts: str | None = None
     overwrite: bool = False
     extends: str | None = None
+    forget: str | None = None
 
     def __post_init__(self):
         if not self.input:
@@ -162,11 +167,12 @@ class PrepareConfig:
 # --- pass 1: stage --------------------------------------------------------------------
 
 def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: str | None,
-                buckets: int, require_split: bool) -> pa.Table:
+                buckets: int, require_split: bool, forget: pa.Array | None = None) -> pa.Table:
     """Convert and validate one raw batch into staged rows (pure; runs in Ray Data).
 
     Valid rows get their user's bucket; quarantined rows get bucket -1, their reason
-    and their original values.
+    and their original values. Rows of a ``forget`` user get bucket -2 and nothing but
+    their source file: counted, never written.
     """
     adapter = adapters.get(fmt)
     if PATH_COL in raw.column_names:
@@ -179,7 +185,10 @@ def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: s
         malformed = pc.is_valid(raw.column(MALFORMED))
         if pc.any(malformed).as_py():
             lines = pa.table({"line": raw.column(MALFORMED).filter(malformed)})
-            parts.append(_quarantined(lines, pa.array(["malformed row"] * lines.num_rows), source.filter(malformed)))
+            gone = _names_forgotten(lines.column("line"), forget)
+            parts.append(_forgotten(source.filter(malformed).filter(gone)))
+            parts.append(_quarantined(lines.filter(pc.invert(gone)), pa.array(["malformed row"] * lines.num_rows)
+                                      .filter(pc.invert(gone)), source.filter(malformed).filter(pc.invert(gone))))
             raw, source = raw.filter(pc.invert(malformed)), source.filter(pc.invert(malformed))
         raw = raw.drop_columns([MALFORMED])
     missing = [c for c in adapter.required if c not in raw.column_names]
@@ -189,6 +198,11 @@ def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: s
                          f"(found {', '.join(raw.column_names)}) for format {fmt!r}")
     convert = functools.partial(adapter.convert, ts_unit=ts_unit) if fmt == "events" else adapter.convert
     conv = convert(raw)
+    if forget is not None and len(forget):
+        gone = pc.fill_null(pc.is_in(conv.column(S.USER_ID), value_set=forget), False)
+        parts.append(_forgotten(source.filter(gone)))
+        stay = pc.invert(gone)
+        raw, conv, source = raw.filter(stay), conv.filter(stay), source.filter(stay)
     reasons = event_reasons(conv, Bounds.parse(min_ts, max_ts))
     if require_split:
         missing_split = pc.and_(pc.is_null(reasons), pc.is_null(conv.column(S.SPLIT)))
@@ -202,6 +216,24 @@ def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: s
     parts.append(_with_schema(kept_cols, kept.num_rows))
     parts.append(_quarantined(raw.filter(bad), reasons.filter(bad), source.filter(bad)))
     return pa.concat_tables(parts)
+
+
+FORGOTTEN_BUCKET = -2
+
+
+def _forgotten(source: pa.Array) -> pa.Table:
+    """Rows of forgotten users as staged: their source file only, to be counted."""
+    return _with_schema({S.SOURCE_FILE: source, BUCKET: pa.array(np.full(len(source), FORGOTTEN_BUCKET, np.int32))},
+                        len(source))
+
+
+def _names_forgotten(lines: pa.Array, forget: pa.Array | None) -> pa.Array:
+    """Whether each malformed line has a forgotten user id among its fields (it cannot
+    be parsed, so it is not quarantined with that id in it)."""
+    if forget is None or not len(forget):
+        return pa.array(np.zeros(len(lines), bool))
+    ids = set(forget.to_pylist())
+    return pa.array([bool(ids & set(re.split(r"[,;\t ]+", (line or "").strip()))) for line in lines.to_pylist()])
 
 
 def _quarantined(raw: pa.Table, reasons: pa.Array, source: pa.Array) -> pa.Table:
@@ -276,13 +308,21 @@ class BucketSink(Datasink):
     def __init__(self, root: str):
         self.root = root
         self.rows_by_source: dict[str, int] = {}
+        self.forgotten_by_source: dict[str, int] = {}
         self.items: list[pa.Table] = []
         self.ts_sample: list[np.ndarray] = []
 
     def write(self, blocks, ctx) -> dict[str, Any]:
         counts: dict[str, int] = {}
+        forgotten: dict[str, int] = {}
         items, samples = [], []
         for i, block in enumerate(blocks):
+            gone = pc.equal(block.column(BUCKET), FORGOTTEN_BUCKET)
+            if pc.any(gone).as_py():  # counted as input, and as forgotten; never written
+                for source, n in _count_by(block.column(S.SOURCE_FILE).filter(gone)).items():
+                    counts[source] = counts.get(source, 0) + n
+                    forgotten[source] = forgotten.get(source, 0) + n
+                block = block.filter(pc.invert(gone))
             if block.num_rows == 0:
                 continue
             bucket = block.column(BUCKET).to_numpy()
@@ -302,12 +342,14 @@ class BucketSink(Datasink):
                 samples.append(rng.choice(ts, size=min(self.TS_SAMPLE, len(ts)), replace=False))
             del block, kept
             pa.default_memory_pool().release_unused()
-        return {"sources": counts, "items": items, "ts_sample": samples}
+        return {"sources": counts, "forgotten": forgotten, "items": items, "ts_sample": samples}
 
     def on_write_complete(self, write_result) -> None:
         for r in write_result.write_returns:
             for source, n in r["sources"].items():
                 self.rows_by_source[source] = self.rows_by_source.get(source, 0) + n
+            for source, n in r["forgotten"].items():
+                self.forgotten_by_source[source] = self.forgotten_by_source.get(source, 0) + n
             self.items.extend(r["items"])
             self.ts_sample.extend(r["ts_sample"])
 
@@ -654,6 +696,7 @@ class Plan:
     catalogue: pa.Table | None
     buckets: int
     base_items: pa.Table | None = None  # the items of the dataset ``extends`` names
+    forget: pa.Array | None = None  # the user ids of ``forget``
 
 
 def plan(cfg: PrepareConfig) -> Plan:
@@ -669,7 +712,8 @@ def plan(cfg: PrepareConfig) -> Plan:
     if cfg.extends:
         load_report(cfg.extends)  # a prepared dataset of this format, or a clear error
         base = io.read_parquet(io.join(cfg.extends, "items"))
-    return Plan(adapter, fs, files, catalogue, cfg.buckets or auto_buckets(files, fs), base)
+    forget = privacy.read_forget(cfg.forget) if cfg.forget else None
+    return Plan(adapter, fs, files, catalogue, cfg.buckets or auto_buckets(files, fs), base, forget)
 
 
 def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
@@ -688,7 +732,7 @@ def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
         ds = _read(adapter, files, fs, cfg).map_batches(
             stage_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
             fn_kwargs=dict(fmt=cfg.format, ts_unit=cfg.ts_unit, min_ts=cfg.min_ts, max_ts=cfg.max_ts,
-                           buckets=buckets, require_split=cfg.split.method == "given"))
+                           buckets=buckets, require_split=cfg.split.method == "given", forget=checked.forget))
         log.info("prepare [1/3]: reading, validating and partitioning events")
         sink = BucketSink(io.join(staging, "staged"))
         try:
@@ -726,8 +770,7 @@ def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
         io.write_parquet(vocab, io.join(pub.path, "vocab", "items.parquet"))
         sources = [adapters.unisrec_source(files)] if cfg.format == "unisrec" else files
         report = make_report(cfg, sources, sink.rows_by_source, buckets, b2, quarantine, vocab.num_rows, item_stats,
-                             cutoffs,
-                             time.time() - start)
+                             cutoffs, time.time() - start, forgotten=sink.forgotten_by_source)
         io.remove(staging)
         io.write_json(report, io.join(pub.path, REPORT))
         pub.commit()
@@ -787,14 +830,17 @@ def _merge_days(parts) -> dict[str, list[int]]:
     return dict(sorted(out.items()))
 
 
-def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats, cutoffs, seconds) -> dict[str, Any]:
+def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats, cutoffs, seconds,
+                forgotten: dict[str, int] | None = None) -> dict[str, Any]:
     """The accounting of every input row, per file and in total, plus split and size figures.
 
-    ``input`` is what the staging pass wrote per source file; kept, quarantined and
-    duplicate counts come from the later passes, and they must add up.
+    ``input`` is what the staging pass read per source file; kept, quarantined and
+    duplicate counts come from the later passes, ``forgotten`` from the staging pass,
+    and they must add up.
     """
-    per_file = {f: {"input": staged.get(f, 0), "kept": 0, "quarantined": 0, "duplicates_removed": 0}
-                for f in sorted(set(files) | set(staged))}
+    forgotten = forgotten or {}
+    per_file = {f: {"input": staged.get(f, 0), "kept": 0, "quarantined": 0, "duplicates_removed": 0,
+                    "forgotten": forgotten.get(f, 0)} for f in sorted(set(files) | set(staged))}
     for r in b2:
         for f, c in r["files"].items():
             per_file[f]["kept"] += c["kept"]
@@ -802,9 +848,10 @@ def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats
     for f, n in quarantine["files"].items():
         per_file[f]["quarantined"] += n
     for f, d in per_file.items():
-        if d["input"] != d["kept"] + d["quarantined"] + d["duplicates_removed"]:
+        if d["input"] != d["kept"] + d["quarantined"] + d["duplicates_removed"] + d["forgotten"]:
             raise RuntimeError(f"accounting mismatch for {f}: {d}")
-    total = {k: sum(d[k] for d in per_file.values()) for k in ("input", "kept", "quarantined", "duplicates_removed")}
+    total = {k: sum(d[k] for d in per_file.values())
+             for k in ("input", "kept", "quarantined", "duplicates_removed", "forgotten")}
     kept_written = sum(r["events"] for r in b2)
     if kept_written != total["kept"]:
         raise RuntimeError(f"accounting mismatch: {total['kept']} kept events counted, {kept_written} written")

@@ -17,6 +17,7 @@ from interest import config as C
 from interest import io
 from interest.config import ConfigError
 from interest.data.prepare import PrepareConfig
+from interest.data.privacy import PrivacyConfig
 from interest.data.synthetic import SyntheticConfig
 from interest.tasks import TASKS, get_task
 from interest.text.embed import EmbedConfig
@@ -27,6 +28,8 @@ DEFAULT_GATES = {"sequence": "ndcg@10", "recommend": "ndcg@10", "tags": "map", "
 DEFAULT_BEAT = {"zeroshot": ["text_match"]}
 # Tasks that read the item text vectors of `interest embed-items`.
 TEXT_TASKS = ("tags", "recommend", "zeroshot")
+# Tasks whose labels and outputs are tags (privacy.exclude_tags applies to them).
+TAG_TASKS = ("tags", "zeroshot")
 
 
 @dataclass
@@ -188,6 +191,8 @@ class PipelineConfig:
         refit_epochs: epochs of the refit on every event, from the evaluated weights.
         score: the scoring pass's resources.
         report: the report drawn at the end (:class:`ReportConfig`).
+        privacy: pseudonymised user ids and forget requests
+            (:class:`interest.data.privacy.PrivacyConfig`).
     """
 
     out: str = ""
@@ -201,6 +206,7 @@ class PipelineConfig:
     refit_epochs: int = 1
     score: ScoreResources = field(default_factory=ScoreResources)
     report: ReportConfig = field(default_factory=ReportConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self):
         if not self.out or not self.work:
@@ -222,7 +228,10 @@ class PipelineConfig:
         return io.join(self.work, "item_vectors")
 
     def prepare_config(self) -> PrepareConfig:
-        return C.from_dict(PrepareConfig, {**self.input, "out": self.prepared, "overwrite": True}, where="input.")
+        if self.input.get("forget"):
+            raise ConfigError("input.forget: in the pipeline, forget requests are privacy.forget")
+        return C.from_dict(PrepareConfig, {**self.input, "out": self.prepared, "overwrite": True,
+                                           "forget": absolute(self.privacy.forget)}, where="input.")
 
 
 def load(path: str, overrides: list[str] | None = None) -> PipelineConfig:
@@ -251,6 +260,8 @@ def task_config(cfg: PipelineConfig, name: str) -> Any:
     if name in TEXT_TASKS:
         data.setdefault("embeddings", cfg.item_vectors)
         data.setdefault("encoder", cfg.embed.encoder)
+    if name in TAG_TASKS and cfg.privacy.exclude_tags:  # sensitive tags: never labels, never scores
+        data["exclude_tags"] = sorted(set(data.get("exclude_tags") or []) | set(cfg.privacy.exclude_tags))
     return C.from_dict(task.config_cls, data, where=f"tasks.{name}.config.")
 
 

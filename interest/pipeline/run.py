@@ -26,20 +26,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from interest import config as C
 from interest import io
+from interest import schemas as S
+from interest.common import tags as L
 from interest.config import ConfigError
+from interest.data import privacy
 from interest.data.prepare import event_summary, prepare
 from interest.data.prepared import load_report
 from interest.data.synthetic import generate
 from interest.evaluate.baselines import GRIDS
+from interest.evaluate import published
 from interest.evaluate.harness import evaluate
 from interest.pipeline import warehouse as W
 from interest.common.space import check as check_space
 from interest.common.space import from_yaml
-from interest.pipeline.config import PipelineConfig, TaskStep, TuneStep, absolute, gate_of, retrain_days, task_config
+from interest.pipeline.config import (TAG_TASKS, PipelineConfig, TaskStep, TuneStep, absolute, gate_of, retrain_days,
+                                      task_config)
+from interest.report.build import REPORTS
 from interest.report.build import build as build_report
 from interest.score.batch import plan, score_users, write_audiences
 from interest.tasks import get_task
@@ -145,6 +153,10 @@ class Pipeline:
         self.prepared = absolute(self.cfg.prepared)
         self.steps_dir = io.join(self.cfg.work, "_steps")
         self.tuned: dict[str, dict[str, Any]] = {}  # task -> the best config of its search
+        # The forget list's digest: each model's marker records the list it was trained
+        # under, and a run trained under another list may hold a forgotten user.
+        self.forget_fp = privacy.forget_fingerprint(absolute(self.cfg.privacy.forget))
+        self.key = self.cfg.privacy.key()  # in memory only: never in a manifest or a log
         self.manifest: dict[str, Any] = {"dt": self.day, "status": "running", "started": _now(),
                                          "config": self.raw_config, "steps": [], "models": {}, "evaluation": {}}
 
@@ -248,7 +260,7 @@ class Pipeline:
             generate(cfg.generate, os.path.dirname(cfg.input["input"].rstrip("/")))
         prepare_cfg = cfg.prepare_config()
         fp = fingerprint(C.to_dict(prepare_cfg), files_fingerprint(prepare_cfg.input),
-                         files_fingerprint(prepare_cfg.items))
+                         files_fingerprint(prepare_cfg.items), self.forget_fp)
         result = self.done("prepare", fp) if io.exists(self.prepared) and io.is_complete(self.prepared) else None
         note = "unchanged input: kept"
         if result is None:
@@ -259,7 +271,9 @@ class Pipeline:
                 "events": report["total"]["kept"], "quarantined": report["total"]["quarantined"],
                 "users": report["users"], "items": report["items"]["total"],
                 "duplicates_removed": report["total"]["duplicates_removed"],
+                "forgotten": report["total"]["forgotten"],
                 "quarantine_reasons": report["quarantine_reasons"], "days": report["days"],
+                "public_dataset": getattr(published.source_of(report), "dataset", None),
                 **event_summary(self.prepared)})
             note = f"{result['events']:,} events of {result['users']:,} users"
         return {**result, "note": note}
@@ -314,7 +328,8 @@ class Pipeline:
                              say=lambda line: self.console.line(f"           {line}"), log_file=self.log_file)
             io.write_json({"dt": self.day, "fingerprint": fp, "finished": _now(),
                            "best": summary["best"], "trials": summary["trials"],
-                           "stopped_early": summary["stopped_early"]}, io.join(found, MARKER))
+                           "stopped_early": summary["stopped_early"], "forget": self.forget_fp},
+                          io.join(found, MARKER))
             note = f"{note}: {summary['trials']} trials ({summary['stopped_early']} stopped early), best " \
                    f"{summary['metric']} {summary['best'][summary['metric']]:.4f}"
         elif found is None:
@@ -329,15 +344,20 @@ class Pipeline:
         """(run folder, why it must be trained; None: reuse it as it is)."""
         cfg_fp = fingerprint(C.to_dict(self.task_cfg(name)))
         if step.run:
+            self._refuse_stale(name, absolute(step.run), _marker(absolute(step.run)))
             return absolute(step.run), None
         finished = finished_runs(runs_dir(self.cfg, name))
-        same = [(f, m) for f, m in finished if m["config"] == cfg_fp]
-        tonight = io.join(runs_dir(self.cfg, name), self.day)
         if step.retrain == "never":
             if not finished:
                 raise ConfigError(f"tasks.{name}.retrain is never, and no run of {name} exists in "
                                   f"{runs_dir(self.cfg, name)}; give tasks.{name}.run")
+            self._refuse_stale(name, *finished[-1])
             return finished[-1][0], None
+        # a run trained under another forget list may have learned from a forgotten user
+        same = [(f, m) for f, m in finished if m["config"] == cfg_fp and m.get("forget") == self.forget_fp]
+        tonight = io.join(runs_dir(self.cfg, name), self.day)
+        if not same and any(m["config"] == cfg_fp for _, m in finished):
+            return tonight, "the forget list changed since its training"
         if step.retrain == "always":
             return (tonight, None) if any(f == tonight for f, _ in same) else (tonight, "retrain: always")
         if step.retrain == "if_missing":
@@ -346,6 +366,14 @@ class Pipeline:
         if same and dt.date.fromisoformat(same[-1][1]["dt"]) > dt.date.fromisoformat(self.day) - dt.timedelta(days):
             return same[-1][0], None
         return tonight, f"retrain: every {days} days"
+
+    def _refuse_stale(self, name: str, run: str, marker: dict[str, Any]) -> None:
+        """Stop before anything is published when a run that must be reused was trained
+        under another forget list than tonight's."""
+        if self.forget_fp and marker.get("forget") != self.forget_fp:
+            raise ConfigError(f"tasks.{name}: the run {run} was trained before the current forget list "
+                              f"(privacy.forget), so it may have learned from users who asked to be forgotten; "
+                              f"nothing is published. Retrain it: retrain: if_missing (or always), and no run:")
 
     def train(self, name: str, step: TaskStep) -> tuple[str, str]:
         run, why = self.choose_run(name, step)
@@ -364,10 +392,38 @@ class Pipeline:
         metrics = result.metrics or {}
         io.write_json({"task": name, "dt": self.day, "config": fingerprint(C.to_dict(task_cfg)),
                        "prepared": self.manifest["input"]["fingerprint"], "finished": _now(),
-                       "epochs": metrics.get("epoch", -1) + 1, "best_epoch": metrics.get("best_epoch")},
-                      io.join(run, MARKER))
+                       "epochs": metrics.get("epoch", -1) + 1, "best_epoch": metrics.get("best_epoch"),
+                       "forget": self.forget_fp}, io.join(run, MARKER))
         model.update(run=run, trained=_marker(run))
+        removed = self.remove_stale_runs(name)
+        if removed:
+            model["removed_under_forget_list"] = removed
         return run, f"{why}: trained {metrics.get('epoch', -1) + 1} epochs -> {run}"
+
+    def remove_stale_runs(self, name: str) -> int:
+        """Delete the task's runs (and their refits) and its searches' trial checkpoints
+        that were trained under another forget list: their weights may hold what a
+        forgotten user did. A search keeps its best config and marker, which hold none.
+        Returns how many folders went."""
+        if not self.forget_fp:
+            return 0
+        removed = 0
+        root = runs_dir(self.cfg, name)
+        for folder, marker in finished_runs(root):
+            if marker.get("forget") != self.forget_fp:
+                for d in io.children(root, folders=True):
+                    if d == os.path.basename(folder) or d.startswith(os.path.basename(folder) + "+refit"):
+                        io.remove(io.join(root, d))
+                        removed += 1
+        tune_root = io.join(self.cfg.work, "tune", name)
+        for day in io.children(tune_root, folders=True):
+            search_dir = io.join(tune_root, day)
+            if io.exists(io.join(search_dir, MARKER)) and io.read_json(io.join(search_dir, MARKER)).get(
+                    "forget") != self.forget_fp:
+                for d in io.children(search_dir, folders=True):
+                    io.remove(io.join(search_dir, d))
+                    removed += 1
+        return removed
 
     def evaluate(self, name: str, step: TaskStep, run: str) -> str:
         metric, beat, margin = gate_of(name, step)
@@ -454,19 +510,22 @@ class Pipeline:
         W.discard_attempts(cfg.out, run_id + ".", keep=W.live_attempts(cfg.out, day))
         attempt = f"{run_id}.{uuid.uuid4().hex[:8]}"
         behaviors = self.manifest["input"]["behaviors"]
+        withheld = self.withheld_items() if cfg.privacy.withholds_items else None
         outputs = []
         for name, run in scored.items():
             step = cfg.tasks[name]
             table = get_task(name).output
             outputs.append(plan(run, self.prepared, W.staged(cfg.out, attempt, table, day), top_k=step.top_k,
-                                tags=absolute(step.new_tags), behavior_counts=behaviors))
+                                tags=absolute(step.new_tags), behavior_counts=behaviors, withheld=withheld))
         total = self.manifest["input"]["users"]
         start = time.perf_counter()
         done = score_users(outputs, self.prepared, batch_size=cfg.score.batch_size,
                            concurrency=cfg.score.concurrency, num_gpus=cfg.score.num_gpus,
-                           progress=lambda users, rows: self.console.progress(users, total, rows))
+                           progress=lambda users, rows: self.console.progress(users, total, rows), key=self.key)
         seconds = time.perf_counter() - start
         tables = {o.table: {"rows": done["rows"][o.table], "task": o.task, "params": o.scalars} for o in outputs}
+        for table, n in done["withheld"].items():  # rows the model ranked that name a sensitive item
+            tables[table]["withheld"] = n
         zeroshot = [o for o in outputs if o.table == "user_zeroshot"]
         if zeroshot:
             n = cfg.tasks[zeroshot[0].task].audience
@@ -476,9 +535,29 @@ class Pipeline:
             done["summary"]["tag_audiences"] = {"sources": {"model": rows}}
         result = {"users": done["users"], "tables": tables, "summary": done["summary"], "attempt": attempt,
                   "users_per_s": round(done["users"] / max(seconds, 1e-9), 1)}
+        if self.key is not None:  # the link from pseudonym to user, kept apart from the warehouse
+            folder = W.mapping_partition(absolute(cfg.privacy.mapping), day)
+            result["mapping"] = {"path": folder, "rows": privacy.write_mapping(self.prepared, folder, self.key)}
         io.write_json(result, io.join(W.attempts_root(cfg.out), attempt, SCORED))
         return result, f"{done['users']:,} users, {sum(t['rows'] for t in tables.values()):,} rows, " \
                        f"{result['users_per_s']:,.0f} users/s"
+
+    def withheld_items(self) -> pa.Array | None:
+        """The item ids under an excluded tag (``privacy.exclude_tags``), by the tags of the
+        tags task's config (or zeroshot's, or the defaults): never recommended nor
+        predicted, since that would reveal the interest."""
+        exclude = self.cfg.privacy.exclude_tags
+        if not exclude:
+            return None
+        named = next((n for n in TAG_TASKS if n in self.cfg.tasks), None)
+        tags_cfg = task_config(self.cfg, named) if named else None  # None: the tag defaults
+        items = io.read_parquet(io.join(self.prepared, "items"),
+                                columns=[S.ITEM_IDX, S.ITEM_ID, S.CATEGORY]).sort_by(S.ITEM_IDX)
+        space = L.build(items, taxonomy=getattr(tags_cfg, "taxonomy", None),
+                        source=getattr(tags_cfg, "tag_source", "levels"),
+                        separator=getattr(tags_cfg, "separator", "."), exclude=exclude)
+        at = pc.index_in(pa.array(space.withheld_items).cast(pa.int32()), value_set=items.column(S.ITEM_IDX))
+        return pc.take(items.column(S.ITEM_ID), at).combine_chunks()
 
     def publish(self, run_id: str, scores: dict[str, Any]) -> str:
         cfg, day = self.cfg, self.day
@@ -493,12 +572,39 @@ class Pipeline:
         previous = W.latest_published(cfg.out, other_than=run_id)
         self.manifest["drift"] = drift(self.manifest["summary"], previous["summary"]) if previous else {}
         self.manifest["drift_against"] = previous["run_id"] if previous else None
+        self.manifest["privacy"] = {"pseudonymized": self.key is not None, "mapping": scores.get("mapping"),
+                                    "forget_list": self.forget_fp,
+                                    "forgotten_events": self.manifest["input"].get("forgotten", 0),
+                                    "excluded_tags": cfg.privacy.exclude_tags,
+                                    "withheld_rows": {t: info.get("withheld", 0) for t, info in scores["tables"].items()}}
+        if self.forget_fp and (previous or {}).get("privacy", {}).get("forget_list") != self.forget_fp:
+            self.forget_earlier_days()
         self.finish("published")
         # What no reader is pointed at: this day's other attempts, and on S3 the files of
         # the run before the one just replaced (the replaced run's stay for queries
         # already running).
         W.discard_attempts(cfg.out, f"{day}-", keep=W.live_attempts(cfg.out, day) | replaced)
         return f"run {run_id}; manifest {W.manifest_path(cfg.out, run_id)}"
+
+    def forget_earlier_days(self) -> None:
+        """The forget list changed: remove its users from the days published before
+        (tables, manifests, pseudonym mappings), and redraw the earlier reports that
+        name one of them (their quarantine examples)."""
+        cfg = self.cfg
+        forget = privacy.read_forget(absolute(cfg.privacy.forget))
+        rewritten = W.forget_earlier_days(cfg.out, self.day, forget, self.key, mapping=absolute(cfg.privacy.mapping))
+        ids = forget.to_pylist()
+        redrawn = []
+        root = io.join(cfg.out, REPORTS)
+        for name in io.children(root, folders=True):
+            page = io.join(root, name, "report.html")
+            day = name.removeprefix("dt=")
+            if day != self.day and io.exists(page) and any(i in io.read_bytes(page).decode() for i in ids):
+                build_report(cfg.out, day, threshold=cfg.report.drift_threshold)
+                redrawn.append(day)
+        self.manifest["privacy"].update(earlier_days_rewritten=rewritten, reports_redrawn=redrawn)
+        self.console.line(f"           forget list changed: {len(rewritten)} earlier day(s) rewritten without its "
+                          f"users, {len(redrawn)} report(s) redrawn")
 
     def finish(self, status: str) -> None:
         self.manifest.update(status=status, finished=_now())
@@ -519,6 +625,9 @@ def finished_runs(root: str) -> list[tuple[str, dict[str, Any]]]:
 def check(cfg: PipelineConfig) -> None:
     """Everything that can be wrong with a pipeline request, on the driver before Ray
     starts: storage, inputs, runs that must exist, new-tags files, the encoder."""
+    cfg.privacy.key()  # a missing or short key, before anything runs
+    if cfg.privacy.forget:
+        privacy.read_forget(absolute(cfg.privacy.forget))  # readable, with a user_id column
     for key, path in (("out", cfg.out), ("work", cfg.work)):
         probe = io.join(path, f".probe-{os.getpid()}")
         try:

@@ -38,6 +38,7 @@ import ctypes.util
 import datetime as dt
 import logging
 import os
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -46,6 +47,8 @@ import pyarrow.dataset as pads
 
 from interest import io
 from interest import schemas as S
+from interest.data import privacy
+from interest.score.batch import renumbered
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +234,15 @@ def verify(out: str, day: str) -> list[str]:
         return [f"no published run for dt={day} in {io.join(out, RUNS)}"]
     problems = []
     users = None
-    vocab = io.join(manifest["input"]["prepared"], "vocab", "users")
-    if io.exists(vocab):
-        users = pc.unique(io.read_parquet(vocab, columns=[S.USER_ID]).column(S.USER_ID))
+    mapping = (manifest.get("privacy") or {}).get("mapping")
+    if mapping:  # pseudonymised: every prepared user's pseudonym, from the day's mapping
+        source, column = mapping["path"], "pseudonym"
     else:
-        problems.append(f"cannot check completeness: the prepared users {vocab} are gone")
+        source, column = io.join(manifest["input"]["prepared"], "vocab", "users"), S.USER_ID
+    if io.exists(source):
+        users = pc.unique(io.read_parquet(source, columns=[column]).column(column))
+    else:
+        problems.append(f"cannot check completeness: the users {source} are gone")
     for table, info in manifest["tables"].items():
         folder = home(out, table, day, manifest["attempt"])  # from ``out``: a copied warehouse checks itself
         if not io.exists(folder):
@@ -282,3 +289,89 @@ def _schema_problems(table: str, schema: pa.Schema) -> list[str]:
         return [f"{table}: columns {schema.names}, expected {want.names}"]
     return [f"{table}: column {f.name!r} is {schema.field(f.name).type}, expected {f.type}"
             for f in want if not schema.field(f.name).type.equals(f.type)]
+
+
+# --- forget requests ------------------------------------------------------------------------
+
+def mapping_partition(mapping: str, day: str) -> str:
+    """Where a day's (user_id, pseudonym) table goes (``privacy.mapping``)."""
+    return io.join(mapping, f"dt={day}")
+
+
+def forget_earlier_days(out: str, today: str, forget: pa.Array, key: bytes | None, *,
+                        mapping: str | None = None) -> dict[str, dict[str, int]]:
+    """Remove the users of ``forget`` (raw ids) from every day published before
+    ``today``: each table's partition is rewritten without their rows and published in
+    its place as any partition is (the files that held them are deleted), and the day's
+    manifest gets the new row counts. ``key``: days written with pseudonyms hold the ids'
+    HMACs under it. Also each day's pseudonym mapping under ``mapping``. Returns, per
+    rewritten day, the rows removed per table."""
+    ids = forget if key is None else pa.concat_arrays([forget, privacy.pseudonyms(forget, key)])
+    newest: dict[str, dict[str, Any]] = {}
+    for m in manifests(out):  # oldest first: the last of a day is the one published
+        if m.get("status") == "published" and m["dt"] != today:
+            newest[m["dt"]] = m
+    done = {}
+    for day, manifest in sorted(newest.items()):
+        removed = _forget_day(out, day, manifest, ids)
+        if removed:
+            done[day] = removed
+    if mapping:
+        for name in io.children(mapping, folders=True):
+            day = name.removeprefix("dt=")
+            if name.startswith("dt=") and day != today:
+                _rewrite_without(mapping_partition(mapping, day), forget)
+    return done
+
+
+def _forget_day(out: str, day: str, manifest: dict[str, Any], ids: pa.Array) -> dict[str, int]:
+    """Rewrite ``day``'s partitions without the users ``ids``; {} where none held them."""
+    run_id, old_attempt = manifest["run_id"], manifest["attempt"]
+    attempt = f"{run_id}.forget-{uuid.uuid4().hex[:8]}"
+    removed = {}
+    for table in manifest["tables"]:
+        source, target = home(out, table, day, old_attempt), staged(out, attempt, table, day)
+        removed[table] = 0
+        if table == "tag_audiences":  # ranks run across files: renumbered per tag after the filter
+            data = io.read_parquet(source)
+            kept = data.filter(pc.invert(pc.is_in(data.column(S.USER_ID), value_set=ids)))
+            removed[table] = data.num_rows - kept.num_rows
+            io.write_parquet(S.conform(renumbered(kept, S.TAG), S.OUTPUTS[table], what=table),
+                             io.join(target, "part-00000.parquet"))
+            continue
+        paths = [f"s3://{f}" if io.is_s3(source) else f for f in io.expand(source, (".parquet",))]
+        for path in paths:  # a file at a time: memory of one batch of users
+            data = io.read_parquet(path)
+            kept = data.filter(pc.invert(pc.is_in(data.column(S.USER_ID), value_set=ids)))
+            removed[table] += data.num_rows - kept.num_rows
+            io.write_parquet(kept, io.join(target, os.path.basename(path)))
+    if not any(removed.values()):
+        discard_attempts(out, attempt)
+        return {}
+    published, _ = publish_attempt(out, attempt, list(manifest["tables"]), day, run_id)
+    for table, (location, files) in published.items():
+        info = manifest["tables"][table]
+        info.update(rows=info["rows"] - removed[table], path=location, files=[f.rsplit("/", 1)[-1] for f in files])
+    manifest["attempt"] = attempt
+    manifest.setdefault("forgotten", []).append({"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                                 "rows_removed": removed})
+    io.write_json(manifest, manifest_path(out, run_id))
+    if io.is_s3(out):  # the replaced files held the forgotten users: not kept for running queries
+        discard_attempts(out, run_id + ".", keep={attempt})
+    return removed
+
+
+def _rewrite_without(folder: str, forget: pa.Array) -> None:
+    """A mapping partition without the users ``forget``, replaced whole; untouched when
+    none of them is there."""
+    data = io.read_parquet(folder)
+    kept = data.filter(pc.invert(pc.is_in(data.column(S.USER_ID), value_set=forget)))
+    if kept.num_rows == data.num_rows:
+        return
+    publication = io.Publication(folder, overwrite=True)
+    try:
+        io.write_parquet(kept, io.join(publication.path, "part-00000.parquet"))
+        publication.commit()
+    except BaseException:
+        publication.abort()
+        raise

@@ -39,6 +39,7 @@ import pyarrow.dataset as pads
 
 from interest import io
 from interest import schemas as S
+from interest.evaluate import published
 from interest.pipeline import warehouse as W
 from interest.report import plots
 from interest.train import checkpoint as ckpt
@@ -139,8 +140,13 @@ def data_section(manifest: dict[str, Any], before: dict[str, Any] | None, scratc
         section.figures.append(_draw(scratch, Figure("data_quarantine.png", "Quarantined input rows by reason."),
                                      plots.bar_chart, {r: {"rows": n} for r, n in reasons.items()},
                                      title="Quarantined rows", ylabel="rows"))
-        section.tables.append({"caption": "Quarantined rows, a few per reason", "header": ["reason", "file", "row"],
-                               "rows": quarantine_examples(data["prepared"], list(reasons))})
+        if (manifest.get("privacy") or {}).get("pseudonymized"):  # a raw row holds the raw user id
+            section.notes.append("Examples of quarantined rows are not shown: this run pseudonymises user ids, "
+                                 "and a raw row holds the raw id.")
+        else:
+            section.tables.append({"caption": "Quarantined rows, a few per reason",
+                                   "header": ["reason", "file", "row"],
+                                   "rows": quarantine_examples(data["prepared"], list(reasons))})
     elif data.get("quarantined") == 0:
         section.notes.append("No input row was quarantined.")
     return section
@@ -148,7 +154,8 @@ def data_section(manifest: dict[str, Any], before: dict[str, Any] | None, scratc
 
 def _data_figures(data: dict[str, Any]) -> dict[str, int | None]:
     return {"events kept": data.get("events"), "users": data.get("users"), "items": data.get("items"),
-            "rows quarantined": data.get("quarantined"), "duplicates removed": data.get("duplicates_removed")}
+            "rows quarantined": data.get("quarantined"), "duplicates removed": data.get("duplicates_removed"),
+            "events of forgotten users": data.get("forgotten")}
 
 
 def quarantine_examples(prepared: str, reasons: list[str]) -> list[list[str]]:
@@ -177,9 +184,20 @@ def quality_section(manifest: dict[str, Any], scratch: str) -> Section:
         metrics = ev.get("metrics") or {}
         groups = metric_groups(metrics)
         if groups:
-            section.figures.append(_draw(scratch, Figure(f"quality_{task}_test.png", f"{task}: test metrics, the "
-                                                         f"model beside its baselines. Gate: {ev['gate']['why']}."),
-                                         plots.bar_chart, groups, title=f"{task}: test", ylabel="metric"))
+            results = published_beside(groups, metrics, manifest["input"].get("public_dataset"))
+            caption = f"{task}: test metrics, the model beside its baselines"
+            if results:
+                caption += (f" and, hatched, the results published on this file ({manifest['input']['public_dataset']}"
+                            f", same protocol)")
+                names = list(dict.fromkeys(k for r in results for k in r.metrics))
+                section.tables.append({"caption": f"{task}: published results on this file",
+                                       "header": ["model", *names, "source"],
+                                       "rows": [[r.model, *(_fmt(r.metrics.get(k)) for k in names), r.source]
+                                                for r in results]})
+            section.figures.append(_draw(scratch, Figure(f"quality_{task}_test.png",
+                                                         f"{caption}. Gate: {ev['gate']['why']}."),
+                                         plots.bar_chart, groups, title=f"{task}: test", ylabel="metric",
+                                         hatched=[published_name(r) for r in results]))
         else:
             section.notes.append(f"{task}: {ev.get('gate', {}).get('why', 'not evaluated')}.")
         metric, best_epoch, history = training_history(manifest["models"].get(task, {}).get("run"))
@@ -196,6 +214,28 @@ def metric_groups(metrics: dict[str, Any], limit: int = 4) -> dict[str, dict[str
              if isinstance(v, (int, float)) and k not in NOT_METRICS and not k.endswith("_se")]
     shared = [k for k in names if all(isinstance(v.get(k), (int, float)) for v in methods.values())]
     return {k: {m: float(v[k]) for m, v in methods.items()} for k in shared[:limit]}
+
+
+def published_name(result: published.Result) -> str:
+    return f"{result.model} (published)"
+
+
+def published_beside(groups: dict[str, dict[str, float]], metrics: dict[str, Any],
+                     dataset: str | None) -> tuple[published.Result, ...]:
+    """Add to ``groups`` the results published on the run's input, where it is one of the
+    public files (the manifest's ``public_dataset``) and the evaluation's protocol is
+    theirs: full ranking of the test split's first target, seen items masked. Returns
+    the results drawn."""
+    protocol = metrics.get("protocol") or {}
+    if not dataset or protocol.get("ranking") != "full" or not protocol.get("mask_seen") \
+            or protocol.get("split") != "test" or protocol.get("target") != "first":
+        return ()
+    drawn = tuple(r for r in published.for_dataset(dataset) if set(r.metrics) & set(groups))
+    for r in drawn:
+        for metric, value in r.metrics.items():
+            if metric in groups:
+                groups[metric][published_name(r)] = value
+    return drawn
 
 
 def training_history(run: str | None) -> tuple[str, int, list[dict[str, Any]]]:

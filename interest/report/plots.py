@@ -63,20 +63,29 @@ def line_chart(path: str, series: dict[str, tuple[Sequence[float], Sequence[floa
 
 
 def bar_chart(path: str, groups: dict[str, dict[str, float]], *, title: str, ylabel: str,
-              xlabel: str = "") -> str:
+              xlabel: str = "", hatched: Sequence[str] = ()) -> str:
     """Grouped bars: one group per key of ``groups`` (a metric, a table), one bar per
-    series inside it (the model, each baseline), each bar labelled with its value."""
+    series inside it (the model, each baseline), each bar labelled with its value. The
+    ``hatched`` series (numbers from elsewhere, such as published results) are drawn
+    pale and hatched, apart from the ones measured."""
     series = list(dict.fromkeys(name for bars in groups.values() for name in bars))
     fig, ax = _axes(title, xlabel, ylabel)
     width = 0.8 / max(len(series), 1)
     for i, name in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         ys = [bars.get(name, float("nan")) for bars in groups.values()]
-        drawn = ax.bar(xs, ys, width=width, color=COLORS[i % len(COLORS)], label=name)
-        ax.bar_label(drawn, fmt="%.3g", fontsize=7, padding=1)
+        style = {"alpha": 0.45, "hatch": "//", "edgecolor": "0.3"} if name in hatched else {}
+        drawn = ax.bar(xs, ys, width=width, color=COLORS[i % len(COLORS)], label=name, **style)
+        many = len(series) > 4  # narrow bars: upright labels would run into each other
+        ax.bar_label(drawn, fmt="%.3g", fontsize=6 if many else 7, padding=1, rotation=90 if many else 0)
     ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    ax.margins(y=0.12)
     ax.grid(False, axis="x")
-    if len(series) > 1:
+    if len(series) > 4:  # beside the axes, where it hides no bar
+        fig.set_size_inches(SIZE[0] + 2.2, SIZE[1])
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    elif len(series) > 1:
         ax.legend(fontsize=8, frameon=False, loc="best")
     return _save(fig, path)
 

@@ -38,6 +38,7 @@ import torch
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
+from interest.data.privacy import pseudonymize
 from interest.score.fallback import Fallback, complete, for_table
 from interest.tasks import Task
 from interest.tasks.zeroshot.newtags import read_for
@@ -59,6 +60,7 @@ class Output:
     params: dict[str, Any]
     fallback: Fallback
     columns: list[str]
+    withheld: pa.Array | None = None  # item ids never written (items under an excluded tag)
 
     @property
     def scalars(self) -> dict[str, Any]:
@@ -67,10 +69,12 @@ class Output:
 
 
 def plan(run: str, prepared: str, folder: str, *, top_k: int = 10, tags: str | None = None,
-         behavior_counts: dict[str, int] | None = None, batch_size: int = 512) -> Output:
+         behavior_counts: dict[str, int] | None = None, batch_size: int = 512,
+         withheld: pa.Array | None = None) -> Output:
     """The :class:`Output` of ``run`` on the driver: the model loaded once here to fit its
     scoring parameters on the validation users. ``tags``: the new tags file of task
-    ``zeroshot`` (required there, refused elsewhere)."""
+    ``zeroshot`` (required there, refused elsewhere). ``withheld``: item ids this table
+    must never name (its model's and its fallback's rows)."""
     import ray.data
 
     task, cfg, model, _, meta = load_model(run, prepared)
@@ -85,16 +89,19 @@ def plan(run: str, prepared: str, folder: str, *, top_k: int = 10, tags: str | N
     params = task.score_params(model, cfg, meta, sequences.iter_batches(batch_size=batch_size, batch_format="numpy"),
                                **inputs)
     params["top_k"] = top_k
+    withheld = withheld if withheld is not None and len(withheld) and S.ITEM_ID in S.OUTPUTS[task.output].names \
+        else None
     fallback = for_table(task.output, prepared, top_k, behavior_counts=behavior_counts, meta=meta,
-                         tag_names=params.get("tag_names", ()))
-    return Output(task.name, run, task.output, folder, params, fallback, task.train_columns())
+                         tag_names=params.get("tag_names", ()), withheld=withheld)
+    return Output(task.name, run, task.output, folder, params, fallback, task.train_columns(), withheld)
 
 
 class Scorer:
     """Ray Data actor: every output's model, loaded once; a batch of users -> one file
     per output table, and a one-row summary of what was written."""
 
-    def __init__(self, outputs: list[Output], prepared: str, use_gpu: bool = False):
+    def __init__(self, outputs: list[Output], prepared: str, use_gpu: bool = False, key: bytes | None = None):
+        self.key = key  # pseudonymise the user ids (privacy.pseudonymize); in memory only
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.loaded = []
         for o in outputs:
@@ -119,13 +126,68 @@ class Scorer:
         name = f"part-{int(batch[S.USER_IDX].min()):012d}.parquet"
         out: dict[str, list] = {"users": [len(users)]}
         for o, task, cfg, model, meta in self.loaded:
-            rows = complete(task.score(model, batch, cfg, meta, self.device, **o.params), users, o.table, o.fallback)
+            if o.withheld is None:
+                rows = task.score(model, batch, cfg, meta, self.device, **o.params)
+            else:
+                rows, out[f"withheld:{o.table}"] = self.withholding(o, task, cfg, model, meta, batch)
+            rows = complete(rows, users, o.table, o.fallback)
+            if self.key is not None:
+                rows = pseudonymize(rows, self.key)
             io.write_parquet(rows, io.join(o.folder, name))
             out[f"rows:{o.table}"] = [rows.num_rows]
             out[f"summary:{o.table}"] = [json.dumps(summarize(rows, self.vocab))]
         if self.trim is not None:
             self.trim(0)
         return out
+
+    def withholding(self, o: Output, task, cfg, model, meta, batch: dict[str, np.ndarray]
+                    ) -> tuple[pa.Table, list[int]]:
+        """The model's rows without ``o.withheld``'s items, ``top_k`` per user all the same:
+        it ranks twice ``top_k`` items, and again twice as many for the users left short
+        (those whose top items are mostly withheld: the very users of the interest), up
+        to ``top_k`` plus every withheld item. Also [the rows withheld from the first
+        ``top_k`` ranks]."""
+        k = o.params["top_k"]
+        cap = k + len(o.withheld)
+        fetch, todo, parts, counted = min(cap, 2 * k), batch, [], None
+        while True:
+            raw = task.score(model, todo, cfg, meta, self.device, **{**o.params, "top_k": fetch})
+            kept, withheld = withhold(raw, o.withheld, k)
+            if counted is None:  # the first pass ranked every user's top k
+                counted = withheld
+            full = {r["values"] for r in pc.value_counts(kept.column(S.USER_ID)).to_pylist() if r["counts"] >= k}
+            short = set(pc.unique(raw.column(S.USER_ID)).to_pylist()) - full if raw.num_rows else set()
+            if not short or fetch >= cap:
+                parts.append(kept)
+                break
+            parts.append(kept.filter(pc.invert(pc.is_in(kept.column(S.USER_ID), value_set=pa.array(list(short))))))
+            again = np.fromiter((u in short for u in todo[S.USER_ID]), bool, len(todo[S.USER_ID]))
+            todo, fetch = {c: v[again] for c, v in todo.items()}, min(cap, 2 * fetch)
+        return pa.concat_tables(parts), counted
+
+
+def withhold(rows: pa.Table, items: pa.Array, top_k: int) -> tuple[pa.Table, list[int]]:
+    """``rows`` (each user's, ranked) without the ``items``, ranked again without gaps and
+    cut to ``top_k`` per user; and [how many of the first ``top_k`` ranks named one]."""
+    gone = pc.fill_null(pc.is_in(rows.column(S.ITEM_ID), value_set=items), False)
+    counted = pc.sum(pc.and_(gone, pc.less_equal(rows.column("rank"), top_k))).as_py() or 0
+    kept = renumbered(rows.filter(pc.invert(gone)), S.USER_ID)
+    return kept.filter(pc.less_equal(kept.column("rank"), top_k)), [counted]
+
+
+def renumbered(table: pa.Table, key: str) -> pa.Table:
+    """``table`` with each ``key``'s ranks 1, 2, ... again, in their order (after rows
+    were taken out)."""
+    ordered = table.sort_by([(key, "ascending"), ("rank", "ascending")])
+    ranks = pa.array(positions_in_groups(ordered.column(key)) + 1, ordered.schema.field("rank").type)
+    return ordered.set_column(ordered.schema.get_field_index("rank"), "rank", ranks)
+
+
+def positions_in_groups(keys: pa.ChunkedArray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal ``keys`` (sorted by key)."""
+    keys = keys.to_numpy(zero_copy_only=False)
+    first = np.concatenate([[0], np.flatnonzero(keys[1:] != keys[:-1]) + 1]) if len(keys) else np.zeros(0, int)
+    return np.arange(len(keys)) - np.repeat(first, np.diff(np.concatenate([first, [len(keys)]])))
 
 
 def summarize(rows: pa.Table, vocab: pa.Array) -> dict[str, Any]:
@@ -174,10 +236,12 @@ class Summary:
 
 
 def score_users(outputs: list[Output], prepared: str, *, batch_size: int = 512, concurrency: int = 1,
-                num_gpus: float = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                num_gpus: float = 0, progress: Callable[[int, int], None] | None = None,
+                key: bytes | None = None) -> dict[str, Any]:
     """Score every user of ``prepared`` for every output in one pass; returns users,
     rows per table and each table's merged summary. ``progress(users, rows)`` is called
-    as batches finish."""
+    as batches finish. ``key``: write each user id's HMAC under it instead of the id
+    (:mod:`interest.data.privacy`)."""
     import ray.data
 
     columns = list(dict.fromkeys(c for o in outputs for c in o.columns))
@@ -190,18 +254,22 @@ def score_users(outputs: list[Output], prepared: str, *, batch_size: int = 512, 
     sequences.context.target_max_block_size = block_bytes(prepared, 4 * batch_size)
     sequences = sequences.select_columns(columns)
     extra = {"num_gpus": num_gpus} if num_gpus else {}
-    stats = sequences.map_batches(Scorer, fn_constructor_args=(outputs, prepared, bool(num_gpus)),
+    stats = sequences.map_batches(Scorer, fn_constructor_args=(outputs, prepared, bool(num_gpus), key),
                                   batch_size=batch_size, batch_format="numpy",
                                   compute=ray.data.ActorPoolStrategy(size=concurrency), **extra)
-    users, rows, summaries = 0, Counter(), {o.table: Summary() for o in outputs}
+    users, rows, withheld = 0, Counter(), Counter()
+    summaries = {o.table: Summary() for o in outputs}
     for row in stats.iter_rows():
         users += int(row["users"])
         for o in outputs:
             rows[o.table] += int(row[f"rows:{o.table}"])
             summaries[o.table].add(json.loads(row[f"summary:{o.table}"]))
+            if o.withheld is not None:
+                withheld[o.table] += int(row[f"withheld:{o.table}"])
         if progress:
             progress(users, sum(rows.values()))
-    return {"users": users, "rows": dict(rows), "summary": {t: m.as_dict() for t, m in summaries.items()}}
+    return {"users": users, "rows": dict(rows), "summary": {t: m.as_dict() for t, m in summaries.items()},
+            "withheld": dict(withheld)}
 
 
 def block_bytes(prepared: str, users: int) -> int:
@@ -220,10 +288,7 @@ def block_bytes(prepared: str, users: int) -> int:
 def top_per_group(batch: pa.Table, key: str, by: str, n: int) -> pa.Table:
     """The ``n`` rows of highest ``by`` of each ``key`` in ``batch`` (ties: lower user id first)."""
     ordered = batch.sort_by([(key, "ascending"), (by, "descending"), (S.USER_ID, "ascending")])
-    keys = ordered.column(key).to_numpy(zero_copy_only=False)
-    first = np.concatenate([[0], np.flatnonzero(keys[1:] != keys[:-1]) + 1]) if len(keys) else np.zeros(0, int)
-    starts = np.repeat(first, np.diff(np.concatenate([first, [len(keys)]])))
-    return ordered.filter(pa.array(np.arange(len(keys)) - starts < n))
+    return ordered.filter(pa.array(positions_in_groups(ordered.column(key)) < n))
 
 
 def _ranked(batch: pa.Table, n: int) -> pa.Table:

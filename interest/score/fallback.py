@@ -53,10 +53,15 @@ def item_popularity(prepared: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def for_table(table: str, prepared: str, top_k: int, *, behavior_counts: dict[str, int] | None = None,
-              meta: Any = None, tag_names: Sequence[str] = ()) -> Fallback:
-    """The fallback rows of ``table`` (a key of :data:`interest.schemas.OUTPUTS`)."""
+              meta: Any = None, tag_names: Sequence[str] = (), withheld: pa.Array | None = None) -> Fallback:
+    """The fallback rows of ``table`` (a key of :data:`interest.schemas.OUTPUTS`);
+    ``withheld``: item ids it must not name."""
     if table in ("user_recommendations", "user_next_actions"):
         ids, shares = item_popularity(prepared)
+        if withheld is not None:
+            gone = set(withheld.to_pylist())
+            keep = np.fromiter((i not in gone for i in ids), bool, len(ids))
+            ids, shares = ids[keep], shares[keep]
         counts = behavior_counts or {}
         total = sum(counts.values()) or 1
         behavior = max(counts, key=counts.get) if counts else S.BEHAVIORS[0]

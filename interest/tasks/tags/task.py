@@ -53,6 +53,8 @@ class TagsConfig:
         train: optimisation; ``train.metric`` is ``map`` on the held-out users.
         taxonomy: Parquet of tags (tag, description, categories); None: derive tags from
             the item categories by ``tag_source`` (levels, tokens, whole) and ``separator``.
+        exclude_tags: tags, or tag-path prefixes, never used as labels nor predicted
+            (sensitive interests; the pipeline fills it from ``privacy.exclude_tags``).
         labels: Parquet of user-supplied (user_id, tag) labels; None: the later window.
         encoder: Hugging Face encoder folder or name; None: the packaged default.
         embeddings: item vector store of ``interest embed-items`` (``cached``).
@@ -79,6 +81,7 @@ class TagsConfig:
     taxonomy: str | None = None
     tag_source: str = "levels"
     separator: str = "."
+    exclude_tags: list[str] = field(default_factory=list)
     labels: str | None = None
     encoder: str | None = None
     embeddings: str | None = None
@@ -157,7 +160,8 @@ class TagsTask(Task):
             titles = items.column(S.TITLE).to_pylist() if S.TITLE in items.column_names else [None] * len(items)
             cats = items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names else [None] * len(items)
             meta.extra["texts"] = [f"{t or ''} [{c or ''}]".strip() for t, c in zip(titles, cats)]
-        tags = L.build(items, taxonomy=cfg.taxonomy, source=cfg.tag_source, separator=cfg.separator)
+        tags = L.build(items, taxonomy=cfg.taxonomy, source=cfg.tag_source, separator=cfg.separator,
+                       exclude=cfg.exclude_tags)
         if tags.n_tags < 2:
             raise ConfigError(f"{tags.n_tags} tag(s) in {prepared}'s items: nothing to classify "
                               "(no categories? give taxonomy=PATH)")

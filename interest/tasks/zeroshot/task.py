@@ -61,7 +61,8 @@ class ZeroShotConfig:
             hundredths from epoch to epoch.
         embeddings: item vector store of ``interest embed-items`` (required).
         encoder: the encoder of those vectors, which also reads the tags' text.
-        taxonomy, tag_source, separator: the tags, as in task ``tags``.
+        taxonomy, tag_source, separator, exclude_tags: the tags, as in task ``tags``;
+            a new tag under an excluded prefix is not scored.
         holdout: tags removed from everything the model sees (vocabulary and every event
             on their items), to measure zero-shot quality on them.
         judge: tags ``interest evaluate`` judges (default: ``holdout``); a model trained
@@ -89,6 +90,7 @@ class ZeroShotConfig:
     taxonomy: str | None = None
     tag_source: str = "levels"
     separator: str = "."
+    exclude_tags: list[str] = field(default_factory=list)
     holdout: list[str] = field(default_factory=list)
     judge: list[str] = field(default_factory=list)
     behavior_weights: list[float] = field(default_factory=lambda: list(L.BEHAVIOR_WEIGHTS))
@@ -174,7 +176,8 @@ class ZeroShotTask(Task):
     def load_meta(self, cfg: ZeroShotConfig, prepared: str) -> Meta:
         meta = load_meta(prepared)
         vectors, items = prepared_item_vectors(prepared, cfg.embeddings, cfg.encoder)
-        tags = L.build(items, taxonomy=cfg.taxonomy, source=cfg.tag_source, separator=cfg.separator)
+        tags = L.build(items, taxonomy=cfg.taxonomy, source=cfg.tag_source, separator=cfg.separator,
+                       exclude=cfg.exclude_tags)
         index = {t: i for i, t in enumerate(tags.tags)}
         unknown = sorted((set(cfg.holdout) | set(cfg.judge)) - index.keys())
         if unknown:
@@ -369,6 +372,10 @@ class ZeroShotTask(Task):
         if not new_tags:
             raise ConfigError("task zeroshot scores new tags: give --tags FILE (tag, description, "
                               "example_item_ids, example_user_ids)")
+        kept = [t for t in new_tags if not L.excluded(t.tag, cfg.exclude_tags, cfg.separator)]
+        if not kept:
+            raise ConfigError(f"every new tag ({', '.join(t.tag for t in new_tags)}) is excluded by exclude_tags")
+        new_tags = kept  # a sensitive new tag is not scored at all
         return {"tag_names": [t.tag for t in new_tags],
                 "tag_vectors": self.new_tag_vectors(model, cfg, meta, prepared, new_tags)}
 
