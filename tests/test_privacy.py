@@ -67,10 +67,13 @@ def _config(root: Path, synthetic: Path, encoder: Path, **changes) -> Path:
         "score": {"batch_size": 64},
         "privacy": {"pseudonymize": True, "key_env": "TEST_PSEUDONYM_KEY", "mapping": str(root / "mapping"),
                     "exclude_tags": [SENSITIVE]},
-        "tasks": {
-            "sequence": {"config": {"preset": "small", "train": {"epochs": 1}}, "gate": {"metric": ""}},
-            "tags": {"top_k": 3, "config": {"mode": "cached", "train": {"epochs": 1}}, "gate": {"metric": ""}},
-            "zeroshot": {"new_tags": str(new_tags), "audience": 40, "config": {"train": {"epochs": 1}}},
+        "tasks": {  # no refits: what is checked here does not need them, and each costs a training
+            "sequence": {"config": {"preset": "small", "train": {"epochs": 1}}, "gate": {"metric": ""},
+                         "refit": False},
+            "tags": {"top_k": 3, "config": {"mode": "cached", "train": {"epochs": 1}}, "gate": {"metric": ""},
+                     "refit": False},
+            "zeroshot": {"new_tags": str(new_tags), "audience": 40, "config": {"train": {"epochs": 1}},
+                         "refit": False},
         },
     }
     set_dotted(cfg, changes)

@@ -61,12 +61,27 @@ def test_published_results_are_drawn_only_on_their_file_and_protocol():
 
     protocol = {"ranking": "full", "split": "test", "target": "first", "mask_seen": True}
     groups = {"hr@10": {"model": 0.07, "popularity": 0.01}, "ndcg@10": {"model": 0.04, "popularity": 0.006}}
-    drawn = published_beside(groups, {"protocol": protocol}, "amazon_beauty_s3rec")
+    drawn = published_beside(groups, protocol, "amazon_beauty_s3rec")
     assert "ICLRec" in [r.model for r in drawn]
     assert groups["ndcg@10"]["ICLRec (published)"] == 0.0403 and groups["hr@10"]["SASRec (published)"] == 0.0605
     assert "hr@20" not in groups  # only beside the metrics the run measured
     for sampled in ({**protocol, "ranking": "sampled-100"}, {**protocol, "mask_seen": False}):
         untouched = {"hr@10": {"model": 0.5}}
-        assert published_beside(untouched, {"protocol": sampled}, "amazon_beauty_s3rec") == ()
+        assert published_beside(untouched, sampled, "amazon_beauty_s3rec") == ()
         assert untouched == {"hr@10": {"model": 0.5}}
-    assert published_beside({"hr@10": {"model": 0.5}}, {"protocol": protocol}, None) == ()
+    assert published_beside({"hr@10": {"model": 0.5}}, protocol, None) == ()
+
+
+def test_the_quality_section_reads_the_protocol_from_the_manifest(tmp_path):
+    from interest.report.build import quality_section
+
+    protocol = {"ranking": "full", "split": "test", "target": "first", "mask_seen": True}
+    manifest = {"input": {"public_dataset": "amazon_beauty_s3rec"}, "models": {},
+                "evaluation": {"sequence": {"metrics": {"model": {"hr@10": 0.07, "ndcg@10": 0.04},
+                                                        "popularity": {"hr@10": 0.01, "ndcg@10": 0.006}},
+                                            "protocol": protocol, "gate": {"passed": True, "why": "gate off"}}}}
+    section = quality_section(manifest, str(tmp_path))
+    assert [t["caption"] for t in section.tables] == ["sequence: published results on this file"]
+    assert "ICLRec" in [r[0] for r in section.tables[0]["rows"]] and "hatched" in section.figures[0].caption
+    manifest["input"]["public_dataset"] = None  # any other data: no published rows
+    assert quality_section(manifest, str(tmp_path)).tables == []

@@ -442,7 +442,8 @@ class Pipeline:
             io.write_json(results, path)
             note = f"{results['seconds']} s"
         gate = check_gate(results, metric, beat, margin)
-        self.manifest["evaluation"][name] = {"metrics": _headline(results), "gate": gate, "file": path,
+        self.manifest["evaluation"][name] = {"metrics": _headline(results), "protocol": results.get("protocol"),
+                                             "gate": gate, "file": path,
                                              "ece": {k: v["ece"] for k, v in results.get("calibration", {}).items()}}
         return f"{note}; gate {'passed' if gate['passed'] else 'FAILED'}: {gate['why']}"
 

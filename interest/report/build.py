@@ -184,7 +184,8 @@ def quality_section(manifest: dict[str, Any], scratch: str) -> Section:
         metrics = ev.get("metrics") or {}
         groups = metric_groups(metrics)
         if groups:
-            results = published_beside(groups, metrics, manifest["input"].get("public_dataset"))
+            protocol = ev.get("protocol") or evaluation_file(manifest, task).get("protocol") or {}
+            results = published_beside(groups, protocol, manifest["input"].get("public_dataset"))
             caption = f"{task}: test metrics, the model beside its baselines"
             if results:
                 caption += (f" and, hatched, the results published on this file ({manifest['input']['public_dataset']}"
@@ -220,13 +221,12 @@ def published_name(result: published.Result) -> str:
     return f"{result.model} (published)"
 
 
-def published_beside(groups: dict[str, dict[str, float]], metrics: dict[str, Any],
+def published_beside(groups: dict[str, dict[str, float]], protocol: dict[str, Any],
                      dataset: str | None) -> tuple[published.Result, ...]:
     """Add to ``groups`` the results published on the run's input, where it is one of the
     public files (the manifest's ``public_dataset``) and the evaluation's protocol is
     theirs: full ranking of the test split's first target, seen items masked. Returns
     the results drawn."""
-    protocol = metrics.get("protocol") or {}
     if not dataset or protocol.get("ranking") != "full" or not protocol.get("mask_seen") \
             or protocol.get("split") != "test" or protocol.get("target") != "first":
         return ()
