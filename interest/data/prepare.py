@@ -186,9 +186,10 @@ def stage_batch(raw: pa.Table, *, fmt: str, ts_unit: str, min_ts: str, max_ts: s
         if pc.any(malformed).as_py():
             lines = pa.table({"line": raw.column(MALFORMED).filter(malformed)})
             gone = _names_forgotten(lines.column("line"), forget)
-            parts.append(_forgotten(source.filter(malformed).filter(gone)))
-            parts.append(_quarantined(lines.filter(pc.invert(gone)), pa.array(["malformed row"] * lines.num_rows)
-                                      .filter(pc.invert(gone)), source.filter(malformed).filter(pc.invert(gone))))
+            keep, sources = pc.invert(gone), source.filter(malformed)
+            parts.append(_forgotten(sources.filter(gone)))
+            lines = lines.filter(keep)
+            parts.append(_quarantined(lines, pa.array(["malformed row"] * lines.num_rows), sources.filter(keep)))
             raw, source = raw.filter(pc.invert(malformed)), source.filter(pc.invert(malformed))
         raw = raw.drop_columns([MALFORMED])
     missing = [c for c in adapter.required if c not in raw.column_names]

@@ -134,8 +134,9 @@ def read_forget(path: str) -> pa.Array:
     """The distinct user ids of a forget list; an error naming the file when it has no
     ``user_id`` column."""
     fs, _ = io.filesystem(path)
-    tables = [adapters.read_table_file(f, fs) for f in io.expand(path)]
-    for f, t in zip(io.expand(path), tables):
+    files = io.expand(path)
+    tables = [adapters.read_table_file(f, fs) for f in files]
+    for f, t in zip(files, tables):
         if S.USER_ID not in t.column_names:
             raise ConfigError(f"privacy.forget: {f} has no {S.USER_ID!r} column (found {', '.join(t.column_names)})")
     ids = pa.chunked_array([t.column(S.USER_ID).cast(pa.string()) for t in tables], pa.string())
