@@ -160,6 +160,17 @@ def remove(path: str) -> None:
         fs.delete_file(inner)
 
 
+def copy_tree(src: str, dst: str) -> None:
+    """Copy the folder ``src`` to ``dst`` (on S3, object by object, server-side)."""
+    fs, inner_src = filesystem(src)
+    _, inner_dst = filesystem(dst)
+    for info in fs.get_file_info(pafs.FileSelector(inner_src, recursive=True)):
+        if info.type == pafs.FileType.File:
+            target = inner_dst + info.path[len(inner_src.rstrip("/")):]
+            fs.create_dir(posixpath.dirname(target) if is_s3(dst) else os.path.dirname(target), recursive=True)
+            fs.copy_file(info.path, target)
+
+
 def write_parquet(table: pa.Table, path: str, **kwargs) -> None:
     fs, inner = filesystem(path)
     fs.create_dir(posixpath.dirname(inner) if is_s3(path) else os.path.dirname(inner), recursive=True)

@@ -24,7 +24,7 @@ from interest import schemas as S
 from interest.pipeline import warehouse as W
 from interest.pipeline.config import retrain_days
 from interest.pipeline.run import check_gate, drift
-from interest.score.batch import Summary, summarize
+from interest.score.summary import Summary, summarize
 from interest.score.fallback import Fallback, complete
 from conftest import kill_node_running, ray_head, set_dotted, three_nodes
 

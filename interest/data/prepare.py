@@ -20,6 +20,7 @@ The prepared folder (local or ``s3://``) is published atomically (:class:`io.Pub
     sequences/   SEQUENCES, one row per user
     items/       PREPARED_ITEMS, the catalogue (event-derived attributes where no catalogue)
     vocab/       users/ (USER_VOCAB) and items.parquet (ITEM_VOCAB)
+    changed/     SEQUENCES of the users with new events (incremental preparations only)
     quarantine/  events/ and items.parquet (QUARANTINE)
     prepare_report.json   accounting of every input row, config, split, counts
 """
@@ -44,6 +45,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from ray.data import Datasink
 
+from interest import config as C
 from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
@@ -128,6 +130,12 @@ class PrepareConfig:
         forget: a table of user ids (Parquet, CSV, JSON lines; column ``user_id``) whose
             events are dropped before anything is staged: they reach no prepared table
             and no quarantine record, and the accounting counts them as ``forgotten``.
+        incremental: when ``out`` already holds a preparation of the same settings, read
+            only the input files it has not read, and update it (:func:`prepare`): users
+            and items keep their indices, new ones get the next, and ``changed/`` holds
+            the users with new events. Otherwise (or when a file read before changed or
+            went, or the forget list changed) everything is prepared again, and the
+            report's ``update`` says why.
     """
 
     input: str = ""
@@ -143,6 +151,7 @@ class PrepareConfig:
     overwrite: bool = False
     extends: str | None = None
     forget: str | None = None
+    incremental: bool = False
 
     def __post_init__(self):
         if not self.input:
@@ -475,10 +484,46 @@ def read_bucket(staging: str, bucket: int, columns: list[str]) -> pa.Table | Non
     return io.read_arrow(path, columns=columns)  # buckets >= 0 hold valid rows only
 
 
-def count_users(staging: str, bucket: int) -> dict[str, Any]:
-    """Distinct users of a bucket: one column read, so user indices can be contiguous."""
+def count_users(staging: str, bucket: int, before: str | None = None) -> dict[str, Any]:
+    """Distinct users of a bucket, so user indices can be contiguous: one column read.
+    ``before``: the preparation being updated, whose users are not counted (they keep
+    their indices)."""
     t = read_bucket(staging, bucket, [S.USER_ID])
-    return {"bucket": bucket, "users": 0 if t is None else pc.count_distinct(t.column(S.USER_ID)).as_py()}
+    if t is None:
+        return {"bucket": bucket, "users": 0}
+    ids = pc.unique(t.column(S.USER_ID).combine_chunks())
+    if before is not None:
+        known = earlier_users(before, bucket)
+        ids = ids.filter(pc.invert(pc.is_in(ids, value_set=known.column(S.USER_ID))))
+    return {"bucket": bucket, "users": len(ids)}
+
+
+PREVIOUS = "<previous>"  # the source file of the events an incremental preparation reads back
+CHANGED = "changed"  # incremental: the sequences of the users with new events
+
+
+def _part(bucket: int) -> str:
+    return f"part-{bucket:05d}.parquet"
+
+
+def earlier_users(before: str, bucket: int) -> pa.Table:
+    """USER_VOCAB of a bucket of an earlier preparation (empty when it had none)."""
+    path = io.join(before, "vocab", "users", _part(bucket))
+    return io.read_parquet(path) if io.exists(path) else S.USER_VOCAB.empty_table()
+
+
+def earlier_events(before: str, bucket: int) -> pa.Table | None:
+    """A bucket's events of an earlier preparation as staged rows (source ``PREVIOUS``)."""
+    path = io.join(before, "events", _part(bucket))
+    if not io.exists(path):
+        return None
+    t = io.read_parquet(path)
+    cols = {S.USER_ID: t.column(S.USER_ID), S.ITEM_ID: t.column(S.ITEM_ID), S.TS: t.column(S.TS),
+            S.BEHAVIOR: pc.take(pa.array(S.BEHAVIORS), t.column(S.BEHAVIOR)),
+            S.SPLIT: pc.take(pa.array(S.SPLITS), t.column(S.SPLIT)),
+            S.SESSION_ID: t.column(S.SESSION_ID), S.PRICE: t.column(S.PRICE),
+            S.SOURCE_FILE: pa.array([PREVIOUS] * t.num_rows, pa.string())}
+    return _with_schema(cols, t.num_rows).select(_staged_columns())
 
 
 _LAST_ATTRS = {c: (c, "last") for c in (S.CATEGORY, S.BRAND, S.TITLE, S.PRICE)}
@@ -495,13 +540,12 @@ def _count_by(col) -> dict[str, int]:
     return {v["values"].as_py(): v["counts"].as_py() for v in vc}
 
 
-def quarantine_bucket(staging: str, out: str) -> dict[str, Any]:
+def quarantine_bucket(staging: str, out: str, part: str = "part-00000.parquet") -> dict[str, Any]:
     path = _bucket_dir(staging, -1)
     # Written even when empty, so queries over quarantine/ never fail for lack of a file.
     t = io.read_arrow(path, columns=[S.SOURCE_FILE, S.REASON, S.RECORD]) if io.exists(path) else (
         S.QUARANTINE.empty_table())
-    io.write_parquet(S.conform(t, S.QUARANTINE, what="quarantine"), io.join(out, "quarantine", "events",
-                                                                                "part-00000.parquet"))
+    io.write_parquet(S.conform(t, S.QUARANTINE, what="quarantine"), io.join(out, "quarantine", "events", part))
     return {"files": _count_by(t.column(S.SOURCE_FILE)), "reasons": _count_by(t.column(S.REASON))}
 
 
@@ -558,18 +602,26 @@ def build_sequences(user_idx: np.ndarray, user_ids: pa.Array, user_start: np.nda
 
 
 def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_ids: pa.Array,
-                  split_cfg: dict[str, Any], cutoffs: tuple[int | None, int | None], max_len: int) -> dict[str, Any]:
-    """Deduplicate, index, split and write one bucket's events, users and sequences."""
+                  split_cfg: dict[str, Any], cutoffs: tuple[int | None, int | None], max_len: int,
+                  before: str | None = None) -> dict[str, Any]:
+    """Deduplicate, index, split and write one bucket's events, users and sequences.
+
+    ``before``: the preparation being updated. Its events of the bucket come first, so
+    a new event that repeats one is the duplicate removed; its users keep their indices,
+    and the new users take ``user_offset`` on, in the order of their ids."""
     empty = {"bucket": bucket, "users": 0, "events": 0, "split": [0, 0, 0], "truncated_users": 0,
              "users_with_test": 0, "files": {}, "item_counts": (np.zeros(0, np.int64), np.zeros(0, np.int64)),
-             "days": {}}
+             "days": {}, "new_users": 0, "changed": 0}
     t = read_bucket(staging, bucket, _staged_columns())
+    if before is not None:
+        parts = [x for x in (earlier_events(before, bucket), t) if x is not None]
+        t = pa.concat_tables(parts, promote_options="permissive") if parts else None
     if t is None or t.num_rows == 0:
         return empty
-    before = _count_by(t.column(S.SOURCE_FILE))
+    counted = _count_by(t.column(S.SOURCE_FILE))
     t, _ = dedup_table(t)
     after = _count_by(t.column(S.SOURCE_FILE))
-    files = {f: {"kept": after.get(f, 0), "duplicates_removed": before[f] - after.get(f, 0)} for f in before}
+    files = {f: {"kept": after.get(f, 0), "duplicates_removed": counted[f] - after.get(f, 0)} for f in counted}
     n = t.num_rows
     user = t.column(S.USER_ID).combine_chunks()
     change = np.ones(n, bool)
@@ -577,7 +629,17 @@ def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_i
         change[1:] = ~np.asarray(pc.equal(user.slice(1), user.slice(0, n - 1)))
     user_start = np.flatnonzero(change)
     user_len = np.diff(np.append(user_start, n))
+    first_ids = user.take(pa.array(user_start))
     user_idx = user_offset + np.arange(len(user_start), dtype=np.int64)
+    new_users = changed = None
+    if before is not None:
+        known = earlier_users(before, bucket)
+        at = pc.index_in(first_ids, value_set=known.column(S.USER_ID))
+        new_users = np.asarray(pc.is_null(at))
+        user_idx = np.where(new_users, user_offset + np.cumsum(new_users) - 1,
+                            known.column(S.USER_IDX).to_numpy()[np.asarray(pc.fill_null(at, 0))])
+        fresh = np.asarray(pc.not_equal(t.column(S.SOURCE_FILE), PREVIOUS))
+        changed = np.add.reduceat(fresh.astype(np.int64), user_start) > 0  # a kept new event
     item_idx = np.asarray(pc.index_in(t.column(S.ITEM_ID), value_set=vocab_ids)).astype(np.int32)
     behavior = np.asarray(pc.index_in(t.column(S.BEHAVIOR), value_set=pa.array(S.BEHAVIORS))).astype(np.int8)
     ts = t.column(S.TS).combine_chunks()
@@ -589,18 +651,21 @@ def finish_bucket(staging: str, out: str, bucket: int, user_offset: int, vocab_i
         S.SPLIT: split, S.USER_ID: user, S.ITEM_ID: t.column(S.ITEM_ID), S.SESSION_ID: t.column(S.SESSION_ID),
         S.PRICE: t.column(S.PRICE),
     })
-    name = f"part-{bucket:05d}.parquet"
+    name = _part(bucket)
     io.write_parquet(S.conform(events, S.PREPARED_EVENTS, what="events"), io.join(out, "events", name))
-    first_ids = user.take(pa.array(user_start))
     io.write_parquet(S.conform(pa.table({S.USER_IDX: user_idx, S.USER_ID: first_ids}), S.USER_VOCAB),
                      io.join(out, "vocab", "users", name))
     seqs = build_sequences(user_idx, first_ids, user_start, user_len, item_idx, behavior, ts, split, max_len)
     io.write_parquet(seqs, io.join(out, "sequences", name))
+    if changed is not None:  # the users a night's scoring redoes
+        io.write_parquet(seqs.filter(pa.array(changed)), io.join(out, CHANGED, name))
     items, counts = np.unique(item_idx, return_counts=True)
     return {"bucket": bucket, "users": len(user_start), "events": n, "files": files,
             "split": np.bincount(split, minlength=3).tolist(), "truncated_users": int((user_len > max_len).sum()),
             "users_with_test": int((seqs.column("n_test").to_numpy() > 0).sum()), "item_counts": (items, counts),
-            "days": day_counts(ts_us, behavior)}
+            "days": day_counts(ts_us, behavior),
+            "new_users": int(new_users.sum()) if new_users is not None else len(user_start),
+            "changed": int(changed.sum()) if changed is not None else len(user_start)}
 
 
 def day_counts(ts_us: np.ndarray, behavior: np.ndarray) -> dict[str, list[int]]:
@@ -698,6 +763,8 @@ class Plan:
     buckets: int
     base_items: pa.Table | None = None  # the items of the dataset ``extends`` names
     forget: pa.Array | None = None  # the user ids of ``forget``
+    previous: dict[str, Any] | None = None  # incremental: the report of the preparation it updates
+    update: dict[str, Any] = field(default_factory=dict)  # the report's ``update``: what was read, and why
 
 
 def plan(cfg: PrepareConfig) -> Plan:
@@ -707,48 +774,123 @@ def plan(cfg: PrepareConfig) -> Plan:
     fs, _ = io.filesystem(cfg.input)
     files = (adapters._siblings(cfg.input) if cfg.format == "unisrec" else io.expand(cfg.input, adapter.extensions))
     _check_inputs(adapter, files, fs, cfg)
-    io.check_writable(cfg.out, overwrite=cfg.overwrite)
+    info = {f: file_info(fs, f) for f in files}
+    forget_fp = privacy.forget_fingerprint(cfg.forget)
+    previous, why = earlier(cfg, info, forget_fp) if cfg.incremental else (None, "incremental: false")
+    io.check_writable(cfg.out, overwrite=cfg.overwrite or previous is not None)
     catalogue = adapter.items(cfg.input, cfg.items)
     base = None
-    if cfg.extends:
+    if previous is not None:
+        base = io.read_parquet(io.join(cfg.out, "items"))
+    elif cfg.extends:
         load_report(cfg.extends)  # a prepared dataset of this format, or a clear error
         base = io.read_parquet(io.join(cfg.extends, "items"))
     forget = privacy.read_forget(cfg.forget) if cfg.forget else None
-    return Plan(adapter, fs, files, catalogue, cfg.buckets or auto_buckets(files, fs), base, forget)
+    update = {"mode": "full" if previous is None else "incremental", "why": why, "forget": forget_fp,
+              "generation": (previous or {}).get("update", {}).get("generation", 0) + 1, "file_info": info}
+    if previous is not None:
+        files = [f for f in files if f not in previous["files"]]
+        update["new_files"] = files
+        return Plan(adapter, fs, files, catalogue, previous["buckets"], base, forget, previous, update)
+    return Plan(adapter, fs, files, catalogue, cfg.buckets or auto_buckets(files, fs), base, forget, None, update)
+
+
+def file_info(fs: pafs.FileSystem, path: str) -> list[int]:
+    """[size, modification time in s] of an input file: a file read before that changed
+    changes it."""
+    info = fs.get_file_info(path)
+    return [info.size or 0, int(info.mtime.timestamp()) if info.mtime else 0]
+
+
+# The settings an incremental preparation must share with the one it updates.
+_SAME = ("format", "items", "split", "max_len", "ts_unit", "min_ts", "max_ts")
+
+
+def earlier(cfg: PrepareConfig, info: dict[str, list[int]], forget_fp: str | None
+            ) -> tuple[dict[str, Any] | None, str]:
+    """(the report of the preparation at ``cfg.out`` that this one can update, why) or
+    (None, why everything is read again)."""
+    if not io.is_complete(cfg.out):
+        return None, "no earlier preparation"
+    try:
+        report = load_report(cfg.out)
+    except InputError as exc:
+        return None, str(exc)
+    if cfg.format == "unisrec":
+        return None, "the unisrec format is one set of files, read whole"
+    before = report["config"]
+    changed = [k for k in _SAME if before.get(k) != C.to_dict(cfg).get(k)]
+    if changed:
+        return None, f"the settings changed since the earlier preparation: {', '.join(changed)}"
+    if report.get("update", {}).get("forget") != forget_fp:
+        return None, "the forget list changed: every file is read again without its users"
+    seen = report.get("update", {}).get("file_info", {})
+    for f in report["files"]:
+        if f not in info:
+            return None, f"{f}, read before, is gone: its events must go too"
+        if seen.get(f) != info[f]:
+            return None, f"{f} changed since it was read"
+    return report, f"{len(info) - len(report['files'])} new file(s)"
 
 
 def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
-    """Run the preparation job on the connected Ray cluster; returns the report."""
+    """Run the preparation job on the connected Ray cluster; returns the report.
+
+    Incremental (:attr:`PrepareConfig.incremental`, and an earlier preparation at
+    ``out`` it can update): only the new files are staged; each bucket's earlier events
+    are read back from the prepared events and merged with its new ones (an event that
+    repeats an earlier one counts as a duplicate of the new file), so users and items
+    keep their indices and new ones get the next. ``changed/`` then holds the
+    sequences of the users with new events, the users a night's scoring must redo.
+    """
     import ray
 
     start = time.time()
     checked = checked or plan(cfg)
     adapter, fs, files, catalogue, buckets = (checked.adapter, checked.fs, checked.files, checked.catalogue,
                                               checked.buckets)
-    log.info("prepare: %d input file(s), format %s, %d buckets", len(files), cfg.format, buckets)
+    previous = checked.previous
+    log.info("prepare: %d %sinput file(s), format %s, %d buckets", len(files), "new " if previous else "",
+             cfg.format, buckets)
 
-    pub = io.Publication(cfg.out, overwrite=cfg.overwrite)
+    # Incremental: locally the publication is a sibling folder and the earlier preparation
+    # stays in place until the commit; on S3 it is written in place, so the earlier one is
+    # read from a copy (kept if this run fails, deleted once it is published).
+    before = None
+    if previous is not None:
+        before = cfg.out.rstrip("/") + ".previous" if io.is_s3(cfg.out) else cfg.out
+        if before != cfg.out:
+            io.remove(before)
+            io.copy_tree(cfg.out, before)
+    pub = io.Publication(cfg.out, overwrite=cfg.overwrite or previous is not None)
     staging = io.join(pub.path, "_staging")
     try:
-        ds = _read(adapter, files, fs, cfg).map_batches(
-            stage_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
-            fn_kwargs=dict(fmt=cfg.format, ts_unit=cfg.ts_unit, min_ts=cfg.min_ts, max_ts=cfg.max_ts,
-                           buckets=buckets, require_split=cfg.split.method == "given", forget=checked.forget))
-        log.info("prepare [1/3]: reading, validating and partitioning events")
         sink = BucketSink(io.join(staging, "staged"))
-        try:
-            ds.write_datasink(sink)
-        except Exception as exc:  # surface the user's problem, not Ray's wrapper around it
-            cause = _root_cause(exc)
-            if isinstance(cause, InputError):
-                raise InputError(str(cause).splitlines()[0]) from None
-            raise
+        if files:
+            ds = _read(adapter, files, fs, cfg).map_batches(
+                stage_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+                fn_kwargs=dict(fmt=cfg.format, ts_unit=cfg.ts_unit, min_ts=cfg.min_ts, max_ts=cfg.max_ts,
+                               buckets=buckets, require_split=cfg.split.method == "given", forget=checked.forget))
+            log.info("prepare [1/3]: reading, validating and partitioning events")
+            try:
+                ds.write_datasink(sink)
+            except Exception as exc:  # surface the user's problem, not Ray's wrapper around it
+                cause = _root_cause(exc)
+                if isinstance(cause, InputError):
+                    raise InputError(str(cause).splitlines()[0]) from None
+                raise
 
-        log.info("prepare [2/3]: counting users of %d buckets", buckets)
-        refs = [ray.remote(count_users).remote(staging, b) for b in range(buckets)]
-        qref = ray.remote(quarantine_bucket).remote(staging, pub.path)
+        log.info("prepare [2/3]: counting %susers of %d buckets", "new " if previous else "", buckets)
+        refs = [ray.remote(count_users).remote(staging, b, before) for b in range(buckets)]
+        part = f"part-{checked.update['generation'] - 1:05d}.parquet"  # one quarantine file per generation
+        qref = ray.remote(quarantine_bucket).remote(staging, pub.path, part)
         users = _gather(refs, "count")
         quarantine = ray.get(qref)
+        if before is not None:
+            for name in io.children(io.join(before, "quarantine", "events")):
+                if name.endswith(".parquet") and name != part:
+                    io.write_bytes(io.read_bytes(io.join(before, "quarantine", "events", name)),
+                                   io.join(pub.path, "quarantine", "events", name))
 
         vocab, items, items_quarantine, item_stats = build_items(sink.items, catalogue, cfg.items or cfg.input,
                                                                  checked.base_items)
@@ -756,13 +898,14 @@ def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
         if items_quarantine is not None:
             io.write_parquet(items_quarantine, io.join(pub.path, "quarantine", "items.parquet"))
 
-        cutoffs = resolve_cutoffs(cfg.split, sink.ts_sample)
+        cutoffs = resolve_cutoffs(cfg.split, sink.ts_sample) if previous is None else earlier_cutoffs(previous)
         log.info("prepare [3/3]: deduplicating, splitting (%s) and building sequences", cfg.split.method)
         vocab_ref = ray.put(vocab.column(S.ITEM_ID).combine_chunks())
-        offsets = np.concatenate([[0], np.cumsum([r["users"] for r in users])])
+        first = previous["users"] if previous else 0  # new users' indices follow the earlier ones
+        offsets = first + np.concatenate([[0], np.cumsum([r["users"] for r in users])])
         finish = ray.remote(finish_bucket)
         refs = [finish.remote(staging, pub.path, b, int(offsets[b]), vocab_ref, dataclasses.asdict(cfg.split),
-                              cutoffs, cfg.max_len) for b in range(buckets)]
+                              cutoffs, cfg.max_len, before) for b in range(buckets)]
         b2 = _gather(refs, "finish")
         kept_counts = np.zeros(vocab.num_rows, np.int64)
         for r in b2:
@@ -771,14 +914,29 @@ def prepare(cfg: PrepareConfig, checked: Plan | None = None) -> dict[str, Any]:
         io.write_parquet(vocab, io.join(pub.path, "vocab", "items.parquet"))
         sources = [adapters.unisrec_source(files)] if cfg.format == "unisrec" else files
         report = make_report(cfg, sources, sink.rows_by_source, buckets, b2, quarantine, vocab.num_rows, item_stats,
-                             cutoffs, time.time() - start, forgotten=sink.forgotten_by_source)
+                             cutoffs, time.time() - start, forgotten=sink.forgotten_by_source, previous=previous)
+        update = {**checked.update, "files_read": len(files)}
+        if previous is not None:
+            update.update(new_users=sum(r["new_users"] for r in b2), changed_users=sum(r["changed"] for r in b2))
+        report["update"] = update
         io.remove(staging)
         io.write_json(report, io.join(pub.path, REPORT))
         pub.commit()
     except BaseException:
         pub.abort()
         raise
+    if before is not None and before != cfg.out:
+        io.remove(before)
     return report
+
+
+def earlier_cutoffs(report: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The time split's cutoffs of an earlier preparation, in microseconds: an
+    incremental one keeps them (new events after them are test events)."""
+    def us(value: str | None) -> int | None:
+        return None if value is None else int(dt.datetime.fromisoformat(value).timestamp() * 1_000_000)
+
+    return us(report["split"]["valid_start"]), us(report["split"]["test_start"])
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -832,25 +990,36 @@ def _merge_days(parts) -> dict[str, list[int]]:
 
 
 def make_report(cfg, files, staged, buckets, b2, quarantine, n_items, item_stats, cutoffs, seconds,
-                forgotten: dict[str, int] | None = None) -> dict[str, Any]:
+                forgotten: dict[str, int] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """The accounting of every input row, per file and in total, plus split and size figures.
 
     ``input`` is what the staging pass read per source file; kept, quarantined and
     duplicate counts come from the later passes, ``forgotten`` from the staging pass,
-    and they must add up.
+    and they must add up. ``previous``: the report of the preparation this one updates,
+    whose files keep their accounting (each of their events was read back and kept).
     """
     forgotten = forgotten or {}
     per_file = {f: {"input": staged.get(f, 0), "kept": 0, "quarantined": 0, "duplicates_removed": 0,
                     "forgotten": forgotten.get(f, 0)} for f in sorted(set(files) | set(staged))}
+    read_back = {"kept": 0, "duplicates_removed": 0}
     for r in b2:
         for f, c in r["files"].items():
-            per_file[f]["kept"] += c["kept"]
-            per_file[f]["duplicates_removed"] += c["duplicates_removed"]
+            counts = read_back if f == PREVIOUS else per_file[f]
+            counts["kept"] += c["kept"]
+            counts["duplicates_removed"] += c["duplicates_removed"]
     for f, n in quarantine["files"].items():
         per_file[f]["quarantined"] += n
     for f, d in per_file.items():
         if d["input"] != d["kept"] + d["quarantined"] + d["duplicates_removed"] + d["forgotten"]:
             raise RuntimeError(f"accounting mismatch for {f}: {d}")
+    if previous is not None:
+        if read_back != {"kept": previous["total"]["kept"], "duplicates_removed": 0}:
+            raise RuntimeError(f"accounting mismatch: {previous['total']['kept']} earlier events, read back {read_back}")
+        per_file = dict(sorted({**previous["files"], **per_file}.items()))
+        reasons = dict(previous["quarantine_reasons"])
+        for reason, n in quarantine["reasons"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        quarantine = {**quarantine, "reasons": reasons}
     total = {k: sum(d[k] for d in per_file.values())
              for k in ("input", "kept", "quarantined", "duplicates_removed", "forgotten")}
     kept_written = sum(r["events"] for r in b2)

@@ -193,6 +193,10 @@ class PipelineConfig:
         report: the report drawn at the end (:class:`ReportConfig`).
         privacy: pseudonymised user ids and forget requests
             (:class:`interest.data.privacy.PrivacyConfig`).
+        incremental: prepare only the input files not read before (users and items keep
+            their indices), and when every model is reused and scores as it did the night
+            before, score only the users with new events and carry the others' rows over
+            from the previous partition (README, "Incremental nights").
     """
 
     out: str = ""
@@ -207,6 +211,7 @@ class PipelineConfig:
     score: ScoreResources = field(default_factory=ScoreResources)
     report: ReportConfig = field(default_factory=ReportConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    incremental: bool = False
 
     def __post_init__(self):
         if not self.out or not self.work:
@@ -230,8 +235,11 @@ class PipelineConfig:
     def prepare_config(self) -> PrepareConfig:
         if self.input.get("forget"):
             raise ConfigError("input.forget: in the pipeline, forget requests are privacy.forget")
+        if "incremental" in self.input:
+            raise ConfigError("input.incremental: in the pipeline, incremental runs are the top-level incremental")
         return C.from_dict(PrepareConfig, {**self.input, "out": self.prepared, "overwrite": True,
-                                           "forget": absolute(self.privacy.forget)}, where="input.")
+                                           "forget": absolute(self.privacy.forget),
+                                           "incremental": self.incremental}, where="input.")
 
 
 def load(path: str, overrides: list[str] | None = None) -> PipelineConfig:

@@ -36,7 +36,7 @@ from interest import schemas as S
 from interest.common import tags as L
 from interest.config import ConfigError
 from interest.data import privacy
-from interest.data.prepare import event_summary, prepare
+from interest.data.prepare import CHANGED, event_summary, prepare
 from interest.data.prepared import load_report
 from interest.data.synthetic import generate
 from interest.evaluate.baselines import GRIDS
@@ -50,6 +50,7 @@ from interest.pipeline.config import (TAG_TASKS, PipelineConfig, TaskStep, TuneS
 from interest.report.build import REPORTS
 from interest.report.build import build as build_report
 from interest.score.batch import plan, score_users, write_audiences
+from interest.score.carry import carry
 from interest.tasks import get_task
 from interest.tasks.zeroshot.newtags import read_for, read_new_tags
 from interest.text.embed import embed_items
@@ -157,6 +158,7 @@ class Pipeline:
         # under, and a run trained under another list may hold a forgotten user.
         self.forget_fp = privacy.forget_fingerprint(absolute(self.cfg.privacy.forget))
         self.key = self.cfg.privacy.key()  # in memory only: never in a manifest or a log
+        self.reused: set[str] = set()  # tasks whose model was trained before tonight
         self.manifest: dict[str, Any] = {"dt": self.day, "status": "running", "started": _now(),
                                          "config": self.raw_config, "steps": [], "models": {}, "evaluation": {}}
 
@@ -274,8 +276,14 @@ class Pipeline:
                 "forgotten": report["total"]["forgotten"],
                 "quarantine_reasons": report["quarantine_reasons"], "days": report["days"],
                 "public_dataset": getattr(published.source_of(report), "dataset", None),
+                "update": {k: v for k, v in report["update"].items() if k not in ("file_info", "new_files")},
                 **event_summary(self.prepared)})
             note = f"{result['events']:,} events of {result['users']:,} users"
+            if result["update"]["mode"] == "incremental":
+                note += (f"; {result['update']['files_read']} new file(s), {result['update']['changed_users']:,} "
+                         f"users with new events ({result['update']['new_users']:,} new)")
+            elif cfg.incremental:
+                note += f"; every file read: {result['update']['why']}"
         return {**result, "note": note}
 
     def embed(self) -> str:
@@ -380,6 +388,7 @@ class Pipeline:
         model = self.manifest["models"].setdefault(name, {})
         if why is None:
             model.update(run=run, trained=_marker(run))
+            self.reused.add(name)
             return run, f"reused {run}"
         if io.exists(io.join(run, MARKER)):  # an older training of another config under tonight's name
             io.remove(run)
@@ -393,7 +402,7 @@ class Pipeline:
         io.write_json({"task": name, "dt": self.day, "config": fingerprint(C.to_dict(task_cfg)),
                        "prepared": self.manifest["input"]["fingerprint"], "finished": _now(),
                        "epochs": metrics.get("epoch", -1) + 1, "best_epoch": metrics.get("best_epoch"),
-                       "forget": self.forget_fp}, io.join(run, MARKER))
+                       "forget": self.forget_fp, "newest": self.manifest["input"]["newest"]}, io.join(run, MARKER))
         model.update(run=run, trained=_marker(run))
         removed = self.remove_stale_runs(name)
         if removed:
@@ -437,7 +446,10 @@ class Pipeline:
         path = io.join(run, "metrics_test.json")
         results = io.read_json(path) if io.exists(path) and not self.force else None
         note = "unchanged: kept"
-        if results is None or results.get("pipeline_fingerprint") != fp:
+        if results is not None and self.cfg.incremental and name in self.reused:
+            # The model scores as it did when trained (its frozen state), so its evaluation then stands.
+            note = "a reused model: its evaluation when trained"
+        elif results is None or results.get("pipeline_fingerprint") != fp:
             results = {**evaluate(run, self.prepared, baselines=baselines), "pipeline_fingerprint": fp}
             io.write_json(results, path)
             note = f"{results['seconds']} s"
@@ -454,6 +466,14 @@ class Pipeline:
         state = load_state(latest_checkpoint(run))
         cfg = C.from_dict(task.config_cls, state["config"])
         newest = self.manifest["input"]["newest"]
+        if self.cfg.incremental and name in self.reused:
+            # Its training's data, not tonight's: a reused model is not fitted again.
+            newest = (_marker(run) or {}).get("newest") or newest
+            earlier = latest_refit(run) if step.refit and not task.closed_form(cfg) else None
+            if earlier is not None:
+                self._age(name, io.read_json(io.join(earlier, MARKER)).get("newest") or max(newest.values()),
+                          refit=True, run=earlier)
+                return earlier, f"a reused model: its refit {earlier}"
         if not step.refit or task.closed_form(cfg):
             why = "off in the config" if not step.refit else "a closed-form model is not refit"
             trained_to = max(newest[s] for s in ("train", "valid") if s in newest) if cfg.train.refit else newest["train"]
@@ -476,7 +496,7 @@ class Pipeline:
         if result.error:
             raise result.error
         io.write_json({"task": name, "dt": self.day, "fingerprint": fp, "from": run, "finished": _now(),
-                       "epochs": self.cfg.refit_epochs}, marker)
+                       "epochs": self.cfg.refit_epochs, "newest": max(newest.values())}, marker)
         self._age(name, max(newest.values()), refit=True, run=target)
         return target, f"{self.cfg.refit_epochs} epoch(s) on every event -> {target}"
 
@@ -490,8 +510,9 @@ class Pipeline:
 
     def score_settings(self) -> dict[str, Any]:
         return {"score": C.to_dict(self.cfg.score),
-                "tasks": {n: {"top_k": s.top_k, "audience": s.audience,
-                              "new_tags": files_fingerprint(s.new_tags) if s.new_tags else None}
+                "tasks": {n: {"top_k": s.top_k, "audience": s.audience,  # the tags file by its contents
+                              "new_tags": hashlib.sha256(io.read_bytes(absolute(s.new_tags))).hexdigest()
+                              if s.new_tags else None}
                           for n, s in self.cfg.tasks.items()}}
 
     @staticmethod
@@ -520,10 +541,24 @@ class Pipeline:
                                 tags=absolute(step.new_tags), behavior_counts=behaviors, withheld=withheld))
         total = self.manifest["input"]["users"]
         start = time.perf_counter()
+        before, why = self.carry_from(scored)
+        carried = {}
+        if before is not None:  # the users without new events keep last night's rows
+            changed = io.read_parquet(io.join(self.prepared, CHANGED), columns=[S.USER_ID]).column(S.USER_ID)
+            drop = privacy.pseudonyms(changed, self.key) if self.key is not None else changed.combine_chunks()
+            for o in outputs:
+                carried[o.table] = carry(W.current(cfg.out, o.table, before["dt"])["files"], o.folder, drop,
+                                         self.prepared)
+            total = self.manifest["input"]["update"]["changed_users"]
         done = score_users(outputs, self.prepared, batch_size=cfg.score.batch_size,
                            concurrency=cfg.score.concurrency, num_gpus=cfg.score.num_gpus,
-                           progress=lambda users, rows: self.console.progress(users, total, rows), key=self.key)
+                           progress=lambda users, rows: self.console.progress(users, total, rows), key=self.key,
+                           users=CHANGED if before is not None else "sequences", carried=carried)
         seconds = time.perf_counter() - start
+        kept = done["carried_users"]
+        if done["users"] + kept != self.manifest["input"]["users"]:
+            raise RuntimeError(f"{done['users']:,} users scored and {kept:,} carried over, of "
+                               f"{self.manifest['input']['users']:,} prepared users")
         tables = {o.table: {"rows": done["rows"][o.table], "task": o.task, "params": o.scalars} for o in outputs}
         for table, n in done["withheld"].items():  # rows the model ranked that name a sensitive item
             tables[table]["withheld"] = n
@@ -534,14 +569,47 @@ class Pipeline:
                                    len(zeroshot[0].params["tag_names"]))
             tables["tag_audiences"] = {"rows": rows, "task": zeroshot[0].task, "params": {"audience": n}}
             done["summary"]["tag_audiences"] = {"sources": {"model": rows}}
-        result = {"users": done["users"], "tables": tables, "summary": done["summary"], "attempt": attempt,
-                  "users_per_s": round(done["users"] / max(seconds, 1e-9), 1)}
+        result = {"users": done["users"] + kept, "tables": tables, "summary": done["summary"], "attempt": attempt,
+                  "users_per_s": round(done["users"] / max(seconds, 1e-9), 1), "scoring": self.scoring(scored),
+                  "incremental": {"scored_users": done["users"], "carried_users": kept,
+                                  "carried_from": before["run_id"] if before else None, "why": why}}
         if self.key is not None:  # the link from pseudonym to user, kept apart from the warehouse
             folder = W.mapping_partition(absolute(cfg.privacy.mapping), day)
             result["mapping"] = {"path": folder, "rows": privacy.write_mapping(self.prepared, folder, self.key)}
         io.write_json(result, io.join(W.attempts_root(cfg.out), attempt, SCORED))
-        return result, f"{done['users']:,} users, {sum(t['rows'] for t in tables.values()):,} rows, " \
-                       f"{result['users_per_s']:,.0f} users/s"
+        note = f"{done['users']:,} users, {sum(t['rows'] for t in tables.values()):,} rows, " \
+               f"{result['users_per_s']:,.0f} users/s"
+        return result, note + (f"; {kept:,} users' rows carried over from {before['run_id']}" if before else "")
+
+    def scoring(self, scored: dict[str, str]) -> str:
+        """What makes a user's rows what they are, besides the user's events: the models,
+        the scoring settings and the privacy settings (the key by a check value of it,
+        never the key). Two nights with the same score a user alike."""
+        p = self.cfg.privacy
+        check = privacy.pseudonyms(pa.array(["interest key check"]), self.key)[0].as_py() if self.key else None
+        return fingerprint(self._versions(scored), self.score_settings(), check, p.exclude_tags, p.withholds_items,
+                           self.forget_fp)
+
+    def carry_from(self, scored: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
+        """(the published run whose rows tonight's unchanged users keep, why) or (None,
+        why every user is scored): incremental, the prepared data updated from the one that
+        run scored, and every user scored as that run did."""
+        if not self.cfg.incremental:
+            return None, "incremental: false"
+        update = self.manifest["input"].get("update") or {"mode": "full", "why": "prepared before incremental runs"}
+        if update["mode"] != "incremental":
+            return None, f"the preparation read every file ({update['why']})"
+        before = W.latest_published(self.cfg.out)
+        if before is None or before["dt"] >= self.day:
+            return None, "no earlier day published"
+        if before.get("input", {}).get("update", {}).get("generation") != update["generation"] - 1:
+            return None, f"dt={before['dt']} scored another version of the prepared data"
+        if before.get("scoring") != self.scoring(scored):
+            return None, f"a model or a setting changed since dt={before['dt']}"
+        if any((W.current(self.cfg.out, t, before["dt"]) or {}).get("run_id") != before["run_id"]
+               for t in before["tables"]):
+            return None, f"dt={before['dt']}'s partitions are no longer run {before['run_id']}'s"
+        return before, f"{update['changed_users']:,} users with new events"
 
     def withheld_items(self) -> pa.Array | None:
         """The item ids under an excluded tag (``privacy.exclude_tags``), by the tags of the
@@ -566,6 +634,8 @@ class Pipeline:
         for table, (location, files) in published.items():
             scores["tables"][table].update(path=location, files=[f.rsplit("/", 1)[-1] for f in files])
         self.manifest["attempt"] = scores["attempt"]
+        self.manifest["scoring"] = scores["scoring"]
+        self.manifest["incremental"] = scores["incremental"]
         self.manifest["tables"] = scores["tables"]
         self.manifest["users"] = scores["users"]
         self.manifest["summary"] = summary_with_shares(scores["summary"], scores["users"],
@@ -615,6 +685,14 @@ class Pipeline:
 
 def runs_dir(cfg: PipelineConfig, name: str) -> str:
     return absolute(io.join(cfg.work, "runs", name))
+
+
+def latest_refit(run: str) -> str | None:
+    """The newest finished refit of ``run`` (``RUN+refit-DAY``), or None."""
+    parent, name = run.rstrip("/").rsplit("/", 1)
+    found = [io.join(parent, d) for d in io.children(parent, folders=True) if d.startswith(name + "+refit-")]
+    found = [f for f in found if io.exists(io.join(f, MARKER))]
+    return found[-1] if found else None
 
 
 def finished_runs(root: str) -> list[tuple[str, dict[str, Any]]]:

@@ -345,6 +345,11 @@ def outputs_section(out: str, manifest: dict[str, Any], scratch: str) -> Section
     elif "zeroshot" in manifest.get("models", {}):
         section.notes.append("Zero-shot: no few-shot curve; it needs held-out tags to evaluate on "
                              "(tasks.zeroshot.config.holdout).")
+    night = manifest.get("incremental") or {}
+    if night.get("carried_from"):
+        section.notes.append(f"An incremental night: the {night['scored_users']:,} users with new events were "
+                             f"scored; the other {night['carried_users']:,} users' rows were carried over "
+                             f"unchanged from run {night['carried_from']}.")
     sources = {t: s.get("sources", {}) for t, s in summary.items()}
     section.tables.append({"caption": "Rows per source (model, or the fallback used)", "header": ["table", "source",
                                                                                                   "rows"],

@@ -18,9 +18,10 @@ top users across all users) is a top-N reduce on Ray Data over ``user_zeroshot``
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import ctypes.util
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -39,10 +40,13 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.data.privacy import pseudonymize
-from interest.score.fallback import Fallback, complete, for_table
+from interest.score.carry import Carrying
+from interest.score.fallback import Fallback, complete, for_table, item_counts
+from interest.score.summary import Summary, summarize
 from interest.tasks import Task
 from interest.tasks.zeroshot.newtags import read_for
-from interest.train.checkpoint import load_model
+from interest.train import frozen
+from interest.train.checkpoint import load_frozen
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ def plan(run: str, prepared: str, folder: str, *, top_k: int = 10, tags: str | N
     must never name (its model's and its fallback's rows)."""
     import ray.data
 
-    task, cfg, model, _, meta = load_model(run, prepared)
+    task, cfg, model, meta, kept = load_frozen(run, prepared)
     if type(task).score is Task.score:
         raise ConfigError(f"task {task.name} has no batch scoring yet; it scores in `interest evaluate`")
     inputs = {}
@@ -85,15 +89,34 @@ def plan(run: str, prepared: str, folder: str, *, top_k: int = 10, tags: str | N
         inputs = {"prepared": prepared, "new_tags": read_for(tags, prepared) if tags else None}
     elif tags:
         raise ConfigError(f"new tags are scored by task zeroshot; {run} is a {task.name} run")
-    sequences = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
-    params = task.score_params(model, cfg, meta, sequences.iter_batches(batch_size=batch_size, batch_format="numpy"),
-                               **inputs)
-    params["top_k"] = top_k
     withheld = withheld if withheld is not None and len(withheld) and S.ITEM_ID in S.OUTPUTS[task.output].names \
         else None
-    fallback = for_table(task.output, prepared, top_k, behavior_counts=behavior_counts, meta=meta,
-                         tag_names=params.get("tag_names", ()), withheld=withheld)
-    return Output(task.name, run, task.output, folder, params, fallback, task.train_columns(), withheld)
+    if withheld is not None and kept:  # items new since the training: the model never names them
+        withheld = withheld.filter(pc.is_in(withheld, value_set=kept["item_ids"])) or None
+
+    def fitted() -> dict[str, Any]:
+        sequences = ray.data.read_parquet(io.join(prepared, "sequences")).select_columns(task.train_columns())
+        params = task.score_params(model, cfg, meta, sequences.iter_batches(batch_size=batch_size,
+                                                                            batch_format="numpy"), **inputs)
+        items = (kept["item_ids"], kept["item_counts"]) if kept else item_counts(prepared)
+        fallback = for_table(task.output, items, top_k, behavior_counts=kept.get("behavior_counts", behavior_counts),
+                             meta=meta, tag_names=params.get("tag_names", ()), withheld=withheld)
+        return {"params": params, "fallback": dataclasses.asdict(fallback)}
+
+    # A run that keeps its training's state keeps these too, fitted at its first scoring
+    # (the calibration's validation users and the new tags' example users act later on).
+    state = frozen.score_state(run, [top_k, _digest(tags), _digest(withheld)], fitted) if kept else fitted()
+    params = {**state["params"], "top_k": top_k}
+    return Output(task.name, run, task.output, folder, params, Fallback(**state["fallback"]), task.train_columns(),
+                  withheld)
+
+
+def _digest(what: str | pa.Array | None) -> str | None:
+    """What a file (its bytes) or an array (its values) holds, in a few characters."""
+    if what is None:
+        return None
+    data = io.read_bytes(what) if isinstance(what, str) else "\n".join(map(str, what.to_pylist())).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 class Scorer:
@@ -105,7 +128,7 @@ class Scorer:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.loaded = []
         for o in outputs:
-            task, cfg, model, _, meta = load_model(o.run, prepared)
+            task, cfg, model, meta, _ = load_frozen(o.run, prepared)
             self.loaded.append((o, task, cfg, model.to(self.device), meta))
         self.vocab = io.read_parquet(io.join(prepared, "vocab", "items.parquet"),
                                      columns=[S.ITEM_ID]).column(S.ITEM_ID).combine_chunks()
@@ -126,10 +149,11 @@ class Scorer:
         name = f"part-{int(batch[S.USER_IDX].min()):012d}.parquet"
         out: dict[str, list] = {"users": [len(users)]}
         for o, task, cfg, model, meta in self.loaded:
+            known = known_items(batch, meta.n_items)
             if o.withheld is None:
-                rows = task.score(model, batch, cfg, meta, self.device, **o.params)
+                rows = task.score(model, known, cfg, meta, self.device, **o.params)
             else:
-                rows, out[f"withheld:{o.table}"] = self.withholding(o, task, cfg, model, meta, batch)
+                rows, out[f"withheld:{o.table}"] = self.withholding(o, task, cfg, model, meta, known)
             rows = complete(rows, users, o.table, o.fallback)
             if self.key is not None:
                 rows = pseudonymize(rows, self.key)
@@ -166,6 +190,35 @@ class Scorer:
         return pa.concat_tables(parts), counted
 
 
+def known_items(batch: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarray]:
+    """``batch`` without the events of items a model of ``n_items`` items does not know
+    (indices only grow: items new since its training), each user's split counts lowered
+    to match. A user left with no event gets the fallback."""
+    items = batch["items"]
+    lengths = np.fromiter((len(x) for x in items), np.int64, len(items))
+    flat = np.concatenate(list(items)) if lengths.sum() else np.zeros(0, np.int64)
+    unknown = flat >= n_items
+    if not unknown.any():
+        return batch
+    owner = np.repeat(np.arange(len(items)), lengths)
+    position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    n_train, n_valid = np.repeat(batch["n_train"], lengths), np.repeat(batch["n_valid"], lengths)
+    split = (position >= n_train).astype(np.int64) + (position >= n_train + n_valid)  # events: train, valid, test
+    out = dict(batch)
+    for code, column in enumerate(("n_train", "n_valid", "n_test")):
+        gone = np.bincount(owner[unknown & (split == code)], minlength=len(items))
+        out[column] = (batch[column] - gone).astype(batch[column].dtype)
+    keep = ~unknown
+    cuts = np.cumsum(np.bincount(owner[keep], minlength=len(items)))[:-1]
+    for column in ("items", "behaviors", "ts"):
+        if column in batch:
+            parts = np.split(np.concatenate(list(batch[column]))[keep], cuts)
+            out[column] = np.empty(len(parts), object)
+            for i, part in enumerate(parts):
+                out[column][i] = part
+    return out
+
+
 def withhold(rows: pa.Table, items: pa.Array, top_k: int) -> tuple[pa.Table, list[int]]:
     """``rows`` (each user's, ranked) without the ``items``, ranked again without gaps and
     cut to ``top_k`` per user; and [how many of the first ``top_k`` ranks named one]."""
@@ -190,64 +243,23 @@ def positions_in_groups(keys: pa.ChunkedArray) -> np.ndarray:
     return np.arange(len(keys)) - np.repeat(first, np.diff(np.concatenate([first, [len(keys)]])))
 
 
-def summarize(rows: pa.Table, vocab: pa.Array) -> dict[str, Any]:
-    """What a batch's rows of a table say, in parts that add up over batches
-    (:class:`Summary`): rows per source, the items named as a bitmap over the item
-    vocabulary ``vocab`` (catalogue coverage, in memory that does not grow with the
-    users), and the rank-1 values (tag shares, behaviour mix)."""
-    out: dict[str, Any] = {"sources": _counts(rows.column(S.SOURCE))}
-    if S.ITEM_ID in rows.column_names:
-        index = pc.drop_null(pc.index_in(pc.unique(rows.column(S.ITEM_ID)), value_set=vocab))
-        named = np.zeros(len(vocab), bool)
-        named[index.to_numpy()] = True
-        out["items"] = base64.b64encode(np.packbits(named).tobytes()).decode()
-    first = rows.filter(pc.equal(rows.column("rank"), 1))
-    for col in ("next_behavior", S.TAG):
-        if col in rows.column_names:
-            out["top1"] = _counts(first.column(col))
-            break
-    return out
-
-
-def _counts(column: pa.ChunkedArray) -> dict[str, int]:
-    return {r["values"]: r["counts"] for r in pc.value_counts(column).to_pylist()}
-
-
-class Summary:
-    """The batches' summaries of one table (:func:`summarize`) merged as they arrive."""
-
-    def __init__(self):
-        self.sources, self.top1, self.items = Counter(), Counter(), None
-
-    def add(self, part: dict[str, Any]) -> None:
-        self.sources.update(part["sources"])
-        self.top1.update(part.get("top1", {}))
-        if "items" in part:
-            named = np.frombuffer(base64.b64decode(part["items"]), np.uint8)
-            self.items = named if self.items is None else self.items | named
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"sources": dict(self.sources)}
-        if self.top1:
-            out["top1"] = dict(self.top1.most_common())
-        if self.items is not None:
-            out["distinct_items"] = int(np.unpackbits(self.items).sum())
-        return out
-
-
 def score_users(outputs: list[Output], prepared: str, *, batch_size: int = 512, concurrency: int = 1,
                 num_gpus: float = 0, progress: Callable[[int, int], None] | None = None,
-                key: bytes | None = None) -> dict[str, Any]:
+                key: bytes | None = None, users: str = "sequences",
+                carried: dict[str, Carrying] | None = None) -> dict[str, Any]:
     """Score every user of ``prepared`` for every output in one pass; returns users,
     rows per table and each table's merged summary. ``progress(users, rows)`` is called
     as batches finish. ``key``: write each user id's HMAC under it instead of the id
-    (:mod:`interest.data.privacy`)."""
+    (:mod:`interest.data.privacy`). ``users``: the folder of ``prepared`` whose users
+    are scored (``changed``: those with new events). ``carried``: per table, rows being
+    carried over (:func:`carry`), waited for at the end and counted in: their rows, their
+    summaries, and their users as ``carried_users``."""
     import ray.data
 
     columns = list(dict.fromkeys(c for o in outputs for c in o.columns))
     for o in outputs:
         io.makedirs(o.folder)
-    sequences = ray.data.read_parquet(io.join(prepared, "sequences"))
+    sequences = ray.data.read_parquet(io.join(prepared, users))
     # An actor scores a block at a time, and Ray Data reads a few small files as one
     # block: one actor would score every user while the others wait (measured: half the
     # rate of plain torch with 2 actors). Blocks of a few batches keep every actor busy.
@@ -257,18 +269,25 @@ def score_users(outputs: list[Output], prepared: str, *, batch_size: int = 512, 
     stats = sequences.map_batches(Scorer, fn_constructor_args=(outputs, prepared, bool(num_gpus), key),
                                   batch_size=batch_size, batch_format="numpy",
                                   compute=ray.data.ActorPoolStrategy(size=concurrency), **extra)
-    users, rows, withheld = 0, Counter(), Counter()
+    n_users, rows, withheld = 0, Counter(), Counter()
     summaries = {o.table: Summary() for o in outputs}
     for row in stats.iter_rows():
-        users += int(row["users"])
+        n_users += int(row["users"])
         for o in outputs:
             rows[o.table] += int(row[f"rows:{o.table}"])
             summaries[o.table].add(json.loads(row[f"summary:{o.table}"]))
             if o.withheld is not None:
                 withheld[o.table] += int(row[f"withheld:{o.table}"])
         if progress:
-            progress(users, sum(rows.values()))
-    return {"users": users, "rows": dict(rows), "summary": {t: m.as_dict() for t, m in summaries.items()},
+            progress(n_users, sum(rows.values()))
+    kept = 0
+    for table, carrying in (carried or {}).items():
+        done = carrying.result()
+        rows[table] += done["rows"]
+        kept = done["users"]  # the same users in every table
+        for part in done["summaries"]:
+            summaries[table].add(part)
+    return {"users": n_users, "carried_users": kept, "rows": dict(rows), "summary": {t: m.as_dict() for t, m in summaries.items()},
             "withheld": dict(withheld)}
 
 

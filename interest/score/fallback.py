@@ -42,22 +42,28 @@ class Fallback:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def item_popularity(prepared: str) -> tuple[np.ndarray, np.ndarray]:
-    """(item ids, share of events) of every item of a prepared dataset, most popular first
-    (ties: lower item index first)."""
-    vocab = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.ITEM_IDX, S.ITEM_ID, S.COUNT])
-    counts = vocab.column(S.COUNT).fill_null(0).to_numpy().astype(np.float64)
-    order = np.lexsort((vocab.column(S.ITEM_IDX).to_numpy(), -counts))
-    return (np.asarray(vocab.column(S.ITEM_ID).to_pylist(), object)[order],
-            counts[order] / max(counts.sum(), 1.0))
+def item_counts(prepared: str) -> tuple[pa.Array, np.ndarray]:
+    """(item ids, events) of every item of a prepared dataset, in index order."""
+    vocab = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.ITEM_ID, S.COUNT])
+    return vocab.column(S.ITEM_ID).combine_chunks(), vocab.column(S.COUNT).fill_null(0).to_numpy()
 
 
-def for_table(table: str, prepared: str, top_k: int, *, behavior_counts: dict[str, int] | None = None,
-              meta: Any = None, tag_names: Sequence[str] = (), withheld: pa.Array | None = None) -> Fallback:
-    """The fallback rows of ``table`` (a key of :data:`interest.schemas.OUTPUTS`);
-    ``withheld``: item ids it must not name."""
+def item_popularity(ids: pa.Array, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, share of events) of every item, most popular first (ties: lower item
+    index first); ``ids`` and ``counts`` in index order."""
+    counts = np.asarray(counts, np.float64)
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    return np.asarray(ids.to_pylist(), object)[order], counts[order] / max(counts.sum(), 1.0)
+
+
+def for_table(table: str, items: tuple[pa.Array, np.ndarray], top_k: int, *,
+              behavior_counts: dict[str, int] | None = None, meta: Any = None, tag_names: Sequence[str] = (),
+              withheld: pa.Array | None = None) -> Fallback:
+    """The fallback rows of ``table`` (a key of :data:`interest.schemas.OUTPUTS`) from
+    ``items`` (ids and event counts in index order, :func:`item_counts`); ``withheld``:
+    item ids it must not name."""
     if table in ("user_recommendations", "user_next_actions"):
-        ids, shares = item_popularity(prepared)
+        ids, shares = item_popularity(*items)
         if withheld is not None:
             gone = set(withheld.to_pylist())
             keep = np.fromiter((i not in gone for i in ids), bool, len(ids))
@@ -69,10 +75,8 @@ def for_table(table: str, prepared: str, top_k: int, *, behavior_counts: dict[st
                         counts.get(behavior, 0) / total)
     if table == "user_tags":
         tags = meta.extra["tags"]
-        vocab = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.ITEM_IDX, S.COUNT])
-        counts = vocab.column(S.COUNT).fill_null(0).to_numpy().astype(np.float32)
-        items = vocab.column(S.ITEM_IDX).to_numpy().astype(np.int64)
-        per_tag = tags.matrix(np.zeros(len(items), np.int64), items, counts, 1)[0]
+        counts = np.asarray(items[1], np.float32)
+        per_tag = tags.matrix(np.zeros(len(counts), np.int64), np.arange(len(counts)), counts, 1)[0]
         order = np.argsort(-per_tag, kind="stable")[:top_k]
         total = max(float(per_tag.sum()), 1.0)
         return Fallback([tags.tags[i] for i in order], [float(per_tag[i]) / total for i in order])

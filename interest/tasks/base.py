@@ -160,6 +160,16 @@ class Task:
         """Sizes of the prepared dataset, plus whatever else the task reads (runs on every worker)."""
         return load_meta(prepared)
 
+    def frozen(self, cfg: Any, meta: Meta) -> dict[str, Any]:
+        """What of ``meta.extra`` scoring reads, to keep with a trained run
+        (:mod:`interest.train.frozen`): everything by default; a task materialises what it
+        computes lazily and leaves out what it rebuilds (:meth:`thawed`)."""
+        return dict(meta.extra)
+
+    def thawed(self, cfg: Any, extra: dict[str, Any]) -> dict[str, Any]:
+        """``meta.extra`` again from what :meth:`frozen` kept."""
+        return extra
+
     def build_model(self, cfg: Any, meta: Meta) -> nn.Module:
         raise NotImplementedError
 

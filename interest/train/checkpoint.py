@@ -26,6 +26,7 @@ from interest import config as C
 from interest import io
 from interest.tasks import Meta, Task, get_task
 from interest.tasks.base import unwrap
+from interest.train import frozen
 
 MODEL = "model.safetensors"
 BEST = "best.safetensors"
@@ -84,14 +85,33 @@ def latest_checkpoint(run: str) -> str:
     return found[-1]
 
 
-def load_model(run: str, prepared: str, which: str = BEST) -> tuple[Task, object, nn.Module, dict, Meta]:
-    """(task, config, model in eval mode, training state, meta) of the run's latest checkpoint."""
+def latest(run: str) -> tuple[str, dict, Task, object]:
+    """(folder, training state, task, config) of the run's latest checkpoint."""
     folder = latest_checkpoint(run)
     state = load_state(folder)
     task = get_task(state["task"])
-    cfg = C.from_dict(task.config_cls, state["config"])
+    return folder, state, task, C.from_dict(task.config_cls, state["config"])
+
+
+def load_model(run: str, prepared: str, which: str = BEST) -> tuple[Task, object, nn.Module, dict, Meta]:
+    """(task, config, model in eval mode, training state, meta) of the run's latest
+    checkpoint, with the meta computed from ``prepared``."""
+    folder, state, task, cfg = latest(run)
     meta = task.load_meta(cfg, prepared)
     return task, cfg, _built(task, cfg, meta, folder, which, run, prepared), state, meta
+
+
+def load_frozen(run: str, prepared: str) -> tuple[Task, object, nn.Module, Meta, dict]:
+    """(task, config, model in eval mode, meta, the rest of the frozen state) of a run to
+    score with: the meta of its training when the run kept it (:mod:`frozen`), so its
+    scores do not move with other users' later events; else computed from ``prepared``
+    (a run trained before runs kept it), with no frozen state ({})."""
+    if not frozen.exists(run):
+        task, cfg, model, _, meta = load_model(run, prepared)
+        return task, cfg, model, meta, {}
+    folder, _, task, cfg = latest(run)
+    meta, kept = frozen.load(task, cfg, run, prepared)
+    return task, cfg, _built(task, cfg, meta, folder, BEST, run, prepared), meta, kept
 
 
 def model_before_refit(run: str, prepared: str, task: Task, cfg, meta: Meta, model: nn.Module) -> nn.Module:

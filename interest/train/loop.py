@@ -31,6 +31,7 @@ from interest import schemas as S
 from interest.tasks import get_task
 from interest.tasks.base import uniform_hash, unwrap
 from interest.train import checkpoint as ckpt
+from interest.train import frozen
 from interest.train import memory
 
 # A training worker's memory beside its model, optimiser and activations: torch, Ray's
@@ -465,8 +466,13 @@ def absolute_paths(cfg: Any) -> None:
 
 def fit(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], **kwargs):
     """Train ``task_name`` on the connected Ray cluster; returns Ray Train's ``Result``.
-    Arguments as :func:`trainer`'s."""
-    return trainer(task_name, prepared, out, cfg_dict, **kwargs).fit()
+    Arguments as :func:`trainer`'s. A run that finished keeps what its scoring reads
+    besides the weights, as of this training (:mod:`interest.train.frozen`)."""
+    result = trainer(task_name, prepared, out, cfg_dict, **kwargs).fit()
+    if result.error is None:  # under its config with the settings chosen after training
+        _, state, task, cfg = ckpt.latest(out)
+        frozen.freeze(task, cfg, state["prepared"], out)
+    return result
 
 
 def trainer(task_name: str, prepared: str, out: str, cfg_dict: dict[str, Any], *, num_workers: int = 2,

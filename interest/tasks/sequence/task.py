@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -135,6 +135,14 @@ class SequenceTask(Task):
         if cfg.loss == "sampled":  # the log-q correction: how often training met each item
             meta.extra["train_counts"] = event_counts(prepared, meta.n_items, (0,))
         return meta
+
+    def frozen(self, cfg: SequenceConfig, meta: Meta) -> dict[str, Any]:
+        if cfg.transitions:  # counted over every event, as scoring reads them
+            self.item_transitions(meta, "score")
+        return {k: v for k, v in meta.extra.items() if k != "prepared"}
+
+    def thawed(self, cfg: SequenceConfig, extra: dict[str, Any]) -> dict[str, Any]:
+        return {**extra, "prepared": None}  # nothing more is counted from the data
 
     def build_model(self, cfg: SequenceConfig, meta: Meta) -> nn.Module:
         model = SequenceModel(meta.n_items, cfg.model, meta.extra.get("vectors"))

@@ -171,6 +171,15 @@ class TagsTask(Task):
                           item_ids=items.column(S.ITEM_ID).to_pylist())
         return meta
 
+    def frozen(self, cfg: TagsConfig, meta: Meta) -> dict[str, Any]:
+        # The encoder's config is read again from the encoder; labels are for training.
+        return {k: v for k, v in meta.extra.items() if k not in ("encoder_config", "labels", "tokenizer")}
+
+    def thawed(self, cfg: TagsConfig, extra: dict[str, Any]) -> dict[str, Any]:
+        if cfg.mode != "cached":
+            extra["encoder_config"] = E.load_config(cfg.encoder)
+        return {**extra, "labels": None}
+
     def build_model(self, cfg: TagsConfig, meta: Meta) -> nn.Module:
         tags = meta.extra["tags"]
         if cfg.mode == "cached":
