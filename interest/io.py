@@ -69,7 +69,11 @@ def s3fs_filesystem():
     import s3fs
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+    # No listings cache: other processes rewrite the same keys (a Ray worker that listed a
+    # staging folder in one preparation read the next one's files with the old ETags,
+    # and s3fs failed with FileExpired).
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+                             use_listings_cache=False)
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
