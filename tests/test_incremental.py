@@ -78,6 +78,7 @@ def test_an_incremental_preparation_equals_a_full_one(tmp_path, synthetic_small,
     update = second["update"]
     assert update["mode"] == "incremental" and update["files_read"] == 1 and update["new_files"] == [str(d2)]
     assert update["changed_users"] == CHANGED_USERS + NEW_USERS and update["new_users"] == NEW_USERS
+    assert update["previous"] == first["update"]["id"] != update["id"]  # the version it updates
     assert second["files"][str(d1)] == first["files"][str(d1)]  # read once, its accounting kept
     for counts in second["files"].values():
         assert counts["input"] == counts["kept"] + counts["quarantined"] + counts["duplicates_removed"] + \
@@ -104,6 +105,7 @@ def test_an_incremental_preparation_equals_a_full_one(tmp_path, synthetic_small,
     pq.write_table(pq.read_table(d1).slice(1), d1)
     third = run(tmp_path / "p", True)
     assert third["update"]["mode"] == "full" and "changed since it was read" in third["update"]["why"]
+    assert third["update"]["previous"] is None
 
 
 def test_known_items_drops_the_events_of_items_new_since_training():

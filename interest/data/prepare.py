@@ -34,6 +34,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -786,7 +787,10 @@ def plan(cfg: PrepareConfig) -> Plan:
         load_report(cfg.extends)  # a prepared dataset of this format, or a clear error
         base = io.read_parquet(io.join(cfg.extends, "items"))
     forget = privacy.read_forget(cfg.forget) if cfg.forget else None
+    # ``id`` names this version of the folder, ``previous`` the one it updates: whoever
+    # scored that one knows which users changed since (the pipeline's carry-over).
     update = {"mode": "full" if previous is None else "incremental", "why": why, "forget": forget_fp,
+              "id": uuid.uuid4().hex[:12], "previous": (previous or {}).get("update", {}).get("id"),
               "generation": (previous or {}).get("update", {}).get("generation", 0) + 1, "file_info": info}
     if previous is not None:
         files = [f for f in files if f not in previous["files"]]

@@ -602,8 +602,8 @@ class Pipeline:
         before = W.latest_published(self.cfg.out)
         if before is None or before["dt"] >= self.day:
             return None, "no earlier day published"
-        if before.get("input", {}).get("update", {}).get("generation") != update["generation"] - 1:
-            return None, f"dt={before['dt']} scored another version of the prepared data"
+        if before.get("input", {}).get("update", {}).get("id") != update["previous"]:
+            return None, f"dt={before['dt']} scored another version of the prepared data than this one updates"
         if before.get("scoring") != self.scoring(scored):
             return None, f"a model or a setting changed since dt={before['dt']}"
         if any((W.current(self.cfg.out, t, before["dt"]) or {}).get("run_id") != before["run_id"]
