@@ -66,18 +66,14 @@ def freeze(task: Task, cfg: Any, prepared: str, run: str) -> None:
              "item_ids": vocab.column(S.ITEM_ID).combine_chunks(),
              "item_counts": vocab.column(S.COUNT).fill_null(0).to_numpy().astype(np.int64),
              "behavior_counts": {b: int(sum(c[i] for c in days.values())) for i, b in enumerate(S.BEHAVIORS)}}
-    arrays: dict[str, np.ndarray] = {}
-    doc = _encode(state, "", arrays)
-    io.write_bytes(save_arrays(arrays), io.join(folder(run), ARRAYS))
-    io.write_json(doc, io.join(folder(run), META_JSON))  # last: its presence says the folder is whole
+    _write(state, folder(run))
 
 
 def load(task: Task, cfg: Any, run: str, prepared: str) -> tuple[Meta, dict[str, Any]]:
     """(the meta the run's model was trained with, the rest of its frozen state:
     ``item_ids``, ``item_counts``, ``behavior_counts``). Fails when ``prepared``'s items
     do not begin with the run's: its indices would name other items."""
-    arrays = load_arrays(io.read_bytes(io.join(folder(run), ARRAYS)))
-    state = _decode(io.read_json(io.join(folder(run), META_JSON)), arrays)
+    state = _read(folder(run))
     ids = io.read_parquet(io.join(prepared, "vocab", "items.parquet"), columns=[S.ITEM_ID]).column(S.ITEM_ID)
     mine = state["item_ids"]
     if len(ids) < len(mine) or not ids.slice(0, len(mine)).combine_chunks().equals(mine):
@@ -95,13 +91,21 @@ def score_state(run: str, key: Any, compute: Callable[[], dict[str, Any]]) -> di
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = io.join(folder(run), f"score-{digest}")
     if io.exists(io.join(path, META_JSON)):
-        return _decode(io.read_json(io.join(path, META_JSON)), load_arrays(io.read_bytes(io.join(path, ARRAYS))))
+        return _read(path)
     state = compute()
+    _write(state, path)
+    return state
+
+
+def _write(state: dict[str, Any], where: str) -> None:
     arrays: dict[str, np.ndarray] = {}
     doc = _encode(state, "", arrays)
-    io.write_bytes(save_arrays(arrays), io.join(path, ARRAYS))
-    io.write_json(doc, io.join(path, META_JSON))
-    return state
+    io.write_bytes(save_arrays(arrays), io.join(where, ARRAYS))
+    io.write_json(doc, io.join(where, META_JSON))  # last: its presence says the folder is whole
+
+
+def _read(where: str) -> dict[str, Any]:
+    return _decode(io.read_json(io.join(where, META_JSON)), load_arrays(io.read_bytes(io.join(where, ARRAYS))))
 
 
 # --- the codec: JSON for values, safetensors for arrays, named classes for objects -----
