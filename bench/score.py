@@ -14,7 +14,8 @@ process whose process tree's memory is sampled (PSS, as bench/prepare.py does):
 - ``torch``: the prepared sequences are read and cut into the models' input tensors
   first (not timed); then, on those tensors in memory, the same computation with no Ray,
   no Arrow and no files: user encoder forward, chunked item scores with the seen or
-  bought items masked, top-k, probabilities. The practical limit of this machine.
+  bought items masked, top-k, probabilities, each row's evidence
+  (interest.common.evidence). The practical limit of this machine.
 
     python bench/score.py                          # 50k, 100k, 200k users
     python bench/score.py --users 20000 --items 5000
@@ -85,6 +86,7 @@ def child_torch(prepared: str, runs: list[str], batch_size: int) -> dict:
     import torch
 
     from interest import io
+    from interest.common import evidence
     from interest.common.events import windows
     from interest.common.topn import top_n
     from interest.tasks.base import unwrap
@@ -119,11 +121,12 @@ def child_torch(prepared: str, runs: list[str], batch_size: int) -> dict:
                     states = core(items, behaviors, gap_buckets(gaps))[:, -1]
                     behavior = torch.softmax(core.behavior_logits(states, behaviors[:, -1]), 1)
                     scores, top, lse = top_n(states, core.item_table()[1:], TOP_K, exclude)
-                    kept.append((top, torch.exp(scores - lse[:, None]), behavior.max(1)))
+                    why = evidence.pick(*core.removal_drops(items, behaviors, gap_buckets(gaps), top), len(top))
+                    kept.append((top, torch.exp(scores - lse[:, None]), behavior.max(1), why))
                 else:
                     states, table = core(items, behaviors)
                     scores, top, _ = top_n(states, table[1:], TOP_K, exclude, lse=False)
-                    kept.append((top, scores))
+                    kept.append((top, scores, evidence.pick(*core.removal_drops(items, behaviors, top), len(top))))
         timed += time.perf_counter() - start
         users = n
     return {"users": users, "seconds": timed}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_jobs import (demo, discover, embed_items, evaluate, generate, pipeline, prepare, report, score, train,
-                      tune, verify_output)
+from ray_jobs import (demo, discover, embed_items, evaluate, explain, generate, pipeline, prepare, report, score,
+                      train, tune, verify_output)
 
 # name -> (module with build_parser/main, one-line help)
 COMMANDS = {
@@ -21,6 +21,7 @@ COMMANDS = {
     "tune": (tune, "search a task's hyperparameters with Ray Tune (ASHA); writes best.yaml"),
     "evaluate": (evaluate, "test metrics of a trained run beside baselines"),
     "score": (score, "score every user with a trained run, as Parquet"),
+    "explain": (explain, "one user's outputs of a run, each row with the user's events behind it"),
     "demo": (demo, "run the pipeline on built-in synthetic data and a local Ray"),
 }
 

@@ -197,6 +197,10 @@ TAG_SCORES = pa.schema(
     ]
 )
 
+# Evidence of a row: up to three of the user's own items whose events contribute most to
+# the row's score, strongest first (interest.common.evidence says how each model finds them).
+EVIDENCE = "evidence"
+
 # Next actions per user (task `sequence`): the top-k next items with their probability
 # under the model's softmax over the catalogue, and on every row the most likely next
 # behaviour type with its probability.
@@ -208,6 +212,7 @@ NEXT_ACTIONS = pa.schema(
         pa.field("probability", pa.float32(), nullable=False),
         pa.field("next_behavior", pa.string(), nullable=False),
         pa.field("behavior_probability", pa.float32(), nullable=False),
+        pa.field(EVIDENCE, pa.list_(pa.string()), nullable=False),
     ]
 )
 
@@ -219,29 +224,39 @@ RECOMMENDATIONS = pa.schema(
         pa.field("rank", pa.int16(), nullable=False),
         pa.field(ITEM_ID, pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
+        pa.field(EVIDENCE, pa.list_(pa.string()), nullable=False),
     ]
 )
 
 # Zero-shot interests (task `zeroshot`): every user's score for every new tag, ranked
-# within the user, with the history items closest to the tag; scores compare users
-# (a scaled cosine plus the user's bias), not probabilities.
+# within the user, with the history items closest to the tag, and what of the tag's
+# definition the user's history matched: its example items the user has, and the words of
+# its name and description found in the evidence items' titles and categories. Scores
+# compare users (a scaled cosine plus the user's bias), not probabilities.
+MATCHED_ITEMS, MATCHED_WORDS = "matched_items", "matched_words"
 USER_ZEROSHOT = pa.schema(
     [
         pa.field(USER_ID, pa.string(), nullable=False),
         pa.field(TAG, pa.string(), nullable=False),
         pa.field("rank", pa.int16(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
-        pa.field("evidence", pa.list_(pa.string()), nullable=False),
+        pa.field(EVIDENCE, pa.list_(pa.string()), nullable=False),
+        pa.field(MATCHED_ITEMS, pa.list_(pa.string()), nullable=False),
+        pa.field(MATCHED_WORDS, pa.list_(pa.string()), nullable=False),
     ]
 )
 
-# Each new tag's audience: its top users ranked across every user (a campaign's target list).
+# Each new tag's audience: its top users ranked across every user (a campaign's target
+# list), with each user's evidence and matches from ``user_zeroshot``.
 TAG_AUDIENCES = pa.schema(
     [
         pa.field(TAG, pa.string(), nullable=False),
         pa.field("rank", pa.int32(), nullable=False),
         pa.field(USER_ID, pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
+        pa.field(EVIDENCE, pa.list_(pa.string()), nullable=False),
+        pa.field(MATCHED_ITEMS, pa.list_(pa.string()), nullable=False),
+        pa.field(MATCHED_WORDS, pa.list_(pa.string()), nullable=False),
     ]
 )
 

@@ -67,6 +67,22 @@ def init_ray(args: argparse.Namespace, quiet: bool = False) -> None:
              logging_level=logging.WARNING)
 
 
+def scoring_task(run: str, data: str, tags: str | None):
+    """The task of ``run`` (a trained run to score ``data`` with), checked before Ray
+    starts: task zeroshot needs a new tags file and other tasks refuse one; a malformed
+    file fails here, naming its row."""
+    from interest.tasks import get_task
+    from interest.tasks.zeroshot.newtags import read_for
+    from interest.train.checkpoint import latest_checkpoint, load_state
+
+    task = get_task(load_state(latest_checkpoint(run))["task"])
+    if task.scores_new_tags and not tags:
+        raise ConfigError(f"{run} is a {task.name} run: give --tags FILE of the new tags to score")
+    if tags:
+        read_for(tags, data)
+    return task
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

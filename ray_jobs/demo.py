@@ -81,8 +81,10 @@ def queries(out: str, day: str, items: str, tables: list[str]) -> None:
     show("rows and users per table", union, [day])
     user = con.execute(f"SELECT min(user_id) FROM {tables[0]} WHERE dt = $1", [day]).fetchone()[0]
     if "user_recommendations" in tables:
-        show(f"user {user}'s top 10 recommendations with titles", """
-SELECT r.rank, r.item_id, i.title, round(r.score, 3) AS score, r.source
+        show(f"user {user}'s top 10 recommendations with titles, and the items of theirs behind each", """
+SELECT r.rank, r.item_id, i.title, round(r.score, 3) AS score, r.source,
+       (SELECT string_agg(h.title, '; ') FROM unnest(r.evidence) AS e(item_id) JOIN items h USING (item_id))
+         AS because_of
 FROM user_recommendations r JOIN items i USING (item_id)
 WHERE r.dt = $1 AND r.user_id = $2 ORDER BY r.rank LIMIT 10""", [day, user])
     if "user_tags" in tables:
@@ -97,12 +99,11 @@ SELECT n.rank, i.title, round(n.probability, 3) AS p, n.next_behavior, round(n.b
 FROM user_next_actions n JOIN items i USING (item_id)
 WHERE n.dt = $1 AND n.user_id = $2 ORDER BY n.rank LIMIT 5""", [day, user])
     if "tag_audiences" in tables:
-        show("each new tag's top 3 users and the items behind their scores", """
+        show("each new tag's top 3 users, the items behind their scores and the tag's words in them", """
 SELECT a.tag, a.rank, a.user_id, round(a.score, 2) AS score,
-       (SELECT string_agg(i.title, '; ') FROM unnest(z.evidence) AS e(item_id) JOIN items i USING (item_id))
-         AS because_of
-FROM tag_audiences a JOIN user_zeroshot z ON z.dt = a.dt AND z.user_id = a.user_id AND z.tag = a.tag
-WHERE a.dt = $1 AND a.rank <= 3 ORDER BY a.tag, a.rank""", [day])
+       (SELECT string_agg(i.title, '; ') FROM unnest(a.evidence) AS e(item_id) JOIN items i USING (item_id))
+         AS because_of, array_to_string(a.matched_words, ', ') AS words
+FROM tag_audiences a WHERE a.dt = $1 AND a.rank <= 3 ORDER BY a.tag, a.rank""", [day])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from ray_jobs._common import add_ray_args, init_ray, run_job
+from ray_jobs._common import add_ray_args, init_ray, run_job, scoring_task
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -34,15 +34,8 @@ def _main(args: argparse.Namespace) -> int:
     from interest.config import ConfigError
     from interest.io import check_writable
     from interest.score.batch import score
-    from interest.tasks import get_task
-    from interest.tasks.zeroshot.newtags import read_for
-    from interest.train.checkpoint import latest_checkpoint, load_state
 
-    task = get_task(load_state(latest_checkpoint(args.run))["task"])  # fail before Ray starts
-    if task.scores_new_tags and not args.tags:
-        raise ConfigError(f"{args.run} is a {task.name} run: give --tags FILE of the new tags to score")
-    if args.tags:
-        read_for(args.tags, args.data)  # a malformed tags file fails here, naming its row
+    scoring_task(args.run, args.data, args.tags)
     if args.audience < 1:
         raise ConfigError(f"--audience must be >= 1 user per tag, got {args.audience}")
     check_writable(args.out, overwrite=args.overwrite)

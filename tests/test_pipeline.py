@@ -36,8 +36,8 @@ TABLES = ("user_next_actions", "user_tags", "user_recommendations", "user_zerosh
 # --- pure functions ---------------------------------------------------------------------
 
 def test_fallback_completes_users_the_model_left_out():
-    rows = pa.table({S.USER_ID: ["a", "a"], "rank": [1, 2], S.ITEM_ID: ["i1", "i2"], "score": [0.9, 0.5]},
-                    schema=S.RECOMMENDATIONS)
+    rows = pa.table({S.USER_ID: ["a", "a"], "rank": [1, 2], S.ITEM_ID: ["i1", "i2"], "score": [0.9, 0.5],
+                     S.EVIDENCE: [["h1"], ["h2", "h1"]]}, schema=S.RECOMMENDATIONS)
     done = complete(rows, ["a", "b", "c"], "user_recommendations", Fallback(["p1", "p2", "p3"], [0.5, 0.3, 0.2]))
     assert done.schema.equals(S.OUTPUTS["user_recommendations"])
     got = done.to_pylist()
@@ -45,6 +45,7 @@ def test_fallback_completes_users_the_model_left_out():
         ("a", 1, "i1", "model"), ("a", 2, "i2", "model"),
         ("b", 1, "p1", "popular"), ("b", 2, "p2", "popular"), ("b", 3, "p3", "popular"),
         ("c", 1, "p1", "popular"), ("c", 2, "p2", "popular"), ("c", 3, "p3", "popular")]
+    assert [r[S.EVIDENCE] for r in got] == [["h1"], ["h2", "h1"]] + [[]] * 6  # a fallback has no evidence
     tags = complete(S.TAG_SCORES.empty_table(), ["u"], "user_tags", Fallback(["food", "toys"], [0.6, 0.4]))
     assert tags.column(S.TAG).to_pylist() == ["food", "toys"] and tags.column("evidence").to_pylist() == [[], []]
 
@@ -54,8 +55,8 @@ def test_summaries_of_batches_add_up():
     fb = Fallback(["i0", "i1"], [0.5, 0.5])
     total = Summary()
     for users, items in ((["a"], ["i3", "i4"]), (["b", "c"], ["i4", "i9"])):
-        rows = pa.table({S.USER_ID: [users[0]] * 2, "rank": [1, 2], S.ITEM_ID: items, "score": [1.0, 0.5]},
-                        schema=S.RECOMMENDATIONS)
+        rows = pa.table({S.USER_ID: [users[0]] * 2, "rank": [1, 2], S.ITEM_ID: items, "score": [1.0, 0.5],
+                         S.EVIDENCE: [[], []]}, schema=S.RECOMMENDATIONS)
         total.add(json.loads(json.dumps(summarize(complete(rows, users, "user_recommendations", fb), vocab))))
     # a: i3 i4 (model); b: i4 i9 (model); c: i0 i1 (popular)
     assert total.as_dict() == {"sources": {"model": 4, "popular": 2}, "distinct_items": 5}
@@ -249,6 +250,32 @@ def test_the_pipeline_publishes_every_table_for_every_user(nightly, capsys):
     assert set(manifest["evaluation"]) == {"sequence", "tags", "recommend", "zeroshot"}
     assert manifest["summary"]["user_recommendations"]["catalogue_coverage"] > 0
     assert [s["step"] for s in manifest["steps"]][:2] == ["prepare", "embed"]
+    # Every row a model wrote for a user with a history says why, with the user's own items.
+    for table in ("user_recommendations", "user_next_actions", "user_tags", "user_zeroshot"):
+        rows = pq.read_table(out / table / f"dt={DAY}", columns=[S.SOURCE, S.EVIDENCE]).to_pylist()
+        assert all(r[S.EVIDENCE] for r in rows if r[S.SOURCE] == "model"), table
+
+
+@pytest.mark.ray
+def test_explain_prints_a_users_rows_with_the_events_behind_them(nightly, capsys):
+    manifest = W.latest_published(str(nightly["out"]), DAY)
+    prepared = nightly["work"] / "prepared"
+    published = pq.read_table(nightly["out"] / "user_next_actions" / f"dt={DAY}").to_pylist()
+    user = next(r[S.USER_ID] for r in published if r[S.SOURCE] == "model")
+    mine = sorted((r for r in published if r[S.USER_ID] == user), key=lambda r: r["rank"])
+    titles = dict(zip(*pq.read_table(nightly["items"], columns=[S.ITEM_ID, S.TITLE]).to_pydict().values()))
+    run = manifest["models"]["sequence"]["scored_with"]
+    assert cli.main(["explain", "--run", run, "--data", str(prepared), "--user", user, "--events", "5"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"user {user}: ") and "user_next_actions (sequence):" in text
+    # The rows the night published, in their order, each followed by its evidence as events.
+    listed = re.findall(r"^\s+(\d+)\. (\S+) ", text, re.M)
+    assert listed == [(str(r["rank"]), r[S.ITEM_ID]) for r in mine]
+    reasons = re.findall(r"because of (\w+) (\S+) \"([^\"]*)\".* on (\d{4}-\d\d-\d\d)", text)
+    assert [i for _, i, _, _ in reasons] == [i for r in mine for i in r[S.EVIDENCE]]
+    assert all(title == titles[i] and behavior in S.BEHAVIORS for behavior, i, title, _ in reasons)
+    assert cli.main(["explain", "--run", run, "--data", str(prepared), "--user", "nobody"]) == 2
+    assert "'nobody' is not in" in capsys.readouterr().err
 
 
 @pytest.mark.ray

@@ -111,6 +111,40 @@ def _check_scores(rows, events, exclude: str, in_group: float):
     assert sum(_group(r[S.ITEM_ID]) == int(r[S.USER_ID][1:]) % N_GROUPS for r in top) >= in_group * 400
 
 
+def _check_evidence(rows, events):
+    """Every model row has 1-3 evidence items, all from the user's own history."""
+    history = {}
+    for u, i, _, _ in events:
+        history.setdefault(u, set()).add(i)
+    model = [r for r in rows if r[S.SOURCE] == "model"]
+    assert model and all(1 <= len(r[S.EVIDENCE]) <= 3 for r in model)
+    assert all(set(r[S.EVIDENCE]) <= history[r[S.USER_ID]] for r in model)
+
+
+def _planted_cause(checkerboard, run) -> float:
+    """Users whose history joins two groups' users (a planted cause for each group): the
+    share of the top 4 rows whose evidence is all from the recommended item's group."""
+    from interest.train.checkpoint import load_model
+
+    task, cfg, model, _, meta = load_model(str(run), str(checkerboard["prepared"]))
+    table = pq.read_table(checkerboard["prepared"] / "sequences", columns=task.train_columns()).sort_by("user_idx")
+    batch = {k: v.to_numpy(zero_copy_only=False) for k, v in zip(table.column_names, table.columns)}
+    by_id = {u: r for r, u in enumerate(batch[S.USER_ID])}
+    pairs = [(by_id[f"u{u}"], by_id[f"u{u + 1}"]) for u in range(0, 80, 2)]  # groups u % 8 and (u + 1) % 8
+    mixed = {c: np.empty(len(pairs), object) for c in ("items", "behaviors", "ts")}
+    for n, (a, b) in enumerate(pairs):
+        for c in mixed:
+            mixed[c][n] = np.concatenate([batch[c][a], batch[c][b]])
+    lengths = np.array([len(x) for x in mixed["items"]], np.int32)
+    mixed.update({"user_idx": np.arange(len(pairs)), S.USER_ID: np.array([f"m{n}" for n in range(len(pairs))],
+                                                                         object),
+                  "n_train": lengths, "n_valid": np.zeros_like(lengths), "n_test": np.zeros_like(lengths)})
+    rows = task.score(model, mixed, cfg, meta, torch.device("cpu"), top_k=4).to_pylist()
+    assert len(rows) == 4 * len(pairs)
+    return np.mean([all(_group(e) == _group(r[S.ITEM_ID]) for e in r[S.EVIDENCE]) and len(r[S.EVIDENCE]) > 0
+                    for r in rows])
+
+
 def test_two_tower_learns_groups_and_reaches_cold_items_by_text(checkerboard):
     from interest.evaluate.harness import evaluate
     from interest.score.batch import score
@@ -135,6 +169,10 @@ def test_two_tower_learns_groups_and_reaches_cold_items_by_text(checkerboard):
     out = checkerboard["root"] / "scores_two_tower"
     score(str(run), str(checkerboard["prepared"]), str(out), top_k=5)
     _check_scores(pq.read_table(out).to_pylist(), checkerboard["events"], "bought", 0.75)
+    _check_evidence(pq.read_table(out).to_pylist(), checkerboard["events"])
+    # Two interests in one history: a recommendation of one group is explained by that
+    # group's items (chance, with each group half the history: 1 in 8 for three items).
+    assert _planted_cause(checkerboard, run) > 0.8
 
     # The cold items have no events: only their text can place them with their group.
     task, tcfg, model, _, meta = load_model(str(run), str(checkerboard["prepared"]))
@@ -189,6 +227,8 @@ def test_closed_form_model_is_chosen_on_validation_and_matches_its_baseline(chec
     out = checkerboard["root"] / "scores_ease"
     score(str(run), str(checkerboard["prepared"]), str(out), top_k=3)
     _check_scores(pq.read_table(out).to_pylist(), checkerboard["events"], "seen", 0.9)
+    _check_evidence(pq.read_table(out).to_pylist(), checkerboard["events"])
+    assert _planted_cause(checkerboard, run) > 0.95  # EASE's drops are its exact weights
 
 
 def test_held_out_items_are_never_validation_targets(checkerboard):

@@ -275,6 +275,10 @@ def test_ddp_training_learns_planted_loops(loops_prepared, tmp_path, kind, preci
     loop, step = zip(*(last[u][1:].split("-") for u in sorted(top)))
     expected = [f"L{g}-{(int(k) + 1) % 4}" for g, k in zip(loop, step)]
     assert sum(top[u]["item_id"] == e for u, e in zip(sorted(top), expected)) > 0.8 * 320
+    # The planted cause of a loop's next item is the item before it, the user's last:
+    # the strongest evidence of the top row.
+    assert all(1 <= len(r["evidence"]) <= 3 for r in rows)
+    assert sum(top[u]["evidence"][0] == last[u] for u in top) > 0.8 * 320
     by_user = {}
     for r in rows:
         by_user[r["user_id"]] = by_user.get(r["user_id"], 0.0) + r["probability"]

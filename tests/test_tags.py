@@ -185,9 +185,12 @@ def test_mode_learns_planted_tags_and_scores_with_evidence(planted, mode, epochs
     # chance is 1 in 8 (50 users, sd 7). Runs differ (the workers' shards do): 102, 159
     # and 187 users in three finetune runs, so the bar is well above chance, below those.
     assert sum(top[f"u{u}"][S.TAG] == names[(u + 3) % N_GROUPS] for u in range(400)) > 90
-    for r in rows:  # evidence: items of the user's history that carry the tag
-        assert all(names[int(e[1:].split("i")[0])] == r[S.TAG] for e in r["evidence"])
-    assert any(r["evidence"] for r in rows)
+    carried = 0
+    for r in rows:  # evidence: items of the user's history that carry the tag, or where none does, others
+        carrying = [e for e in r["evidence"] if names[int(e[1:].split("i")[0])] == r[S.TAG]]
+        assert 1 <= len(r["evidence"]) <= 3 and carrying in (r["evidence"], [])
+        carried += bool(carrying)
+    assert carried > 0.1 * len(rows)
 
 
 def _planted_cfg(planted, mode: str, **train) -> dict:

@@ -204,6 +204,24 @@ def test_new_tags_score_from_text_items_or_users_and_audiences_are_global(zerosh
                                                                      (S.USER_ID, "ascending")]).slice(0, 25)
         assert got.column(S.USER_ID).to_pylist() == want.column(S.USER_ID).to_pylist()
         assert got.column("rank").to_pylist() == list(range(1, 26))
+    # What of each tag matched: its example items the user has, its words in the evidence.
+    vocab = pq.read_table(prepared_small / "vocab" / "items.parquet", columns=[S.ITEM_ID]).column(S.ITEM_ID)
+    seqs = pq.read_table(prepared_small / "sequences", columns=[S.USER_ID, "items"]).to_pylist()
+    history = {r[S.USER_ID]: {vocab[i].as_py() for i in r["items"]} for r in seqs}
+    category = dict(zip(items[S.ITEM_ID], items[S.CATEGORY]))
+    rows = scored.to_pylist()
+    lookalikes = [r for r in rows if r[S.TAG] == "tent lookalikes"]
+    assert all(set(r[S.MATCHED_ITEMS]) <= set(tents) & history[r[S.USER_ID]] for r in lookalikes)
+    assert any(r[S.MATCHED_ITEMS] for r in lookalikes)
+    camping = [r for r in rows if r[S.TAG] == "camping"]
+    assert all(set(r[S.MATCHED_WORDS]) <= {"camping", "sports", "tent"} for r in camping)
+    tented = [r for r in camping if any(category[i] == "sports.tent" for i in r[S.EVIDENCE])]
+    assert tented and all({"sports", "tent"} <= set(r[S.MATCHED_WORDS]) for r in tented)
+    assert not any(r[S.MATCHED_ITEMS] or r[S.MATCHED_WORDS] for r in rows if r[S.TAG] == "like these users")
+    # An audience row says why, as the user's row does.
+    why = {(r[S.USER_ID], r[S.TAG]): (r[S.EVIDENCE], r[S.MATCHED_ITEMS], r[S.MATCHED_WORDS]) for r in rows}
+    assert all(why[r[S.USER_ID], r[S.TAG]] == (r[S.EVIDENCE], r[S.MATCHED_ITEMS], r[S.MATCHED_WORDS])
+               for r in audiences.to_pylist())
     # The Chinese name was read, not turned into unknown tokens.
     _, tokenizer, _ = E.load(str(bow_store[0]))
     assert tokenizer.unk_token_id not in tokenizer("运动帐篷")["input_ids"]

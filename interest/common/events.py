@@ -137,3 +137,28 @@ def history_matrix(histories: list[np.ndarray], n_items: int) -> torch.Tensor:
     rows = np.repeat(np.arange(len(histories)), lengths)
     cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
     return interaction_matrix(rows, cols, len(histories), n_items)
+
+
+def drop_events(batch: dict[str, np.ndarray], drop: np.ndarray) -> dict[str, np.ndarray]:
+    """``batch`` (prepared sequences) without the events where ``drop`` (one flag per
+    event, the users' sequences end to end) is set, each user's split counts lowered to
+    match."""
+    items = batch["items"]
+    lengths = np.fromiter((len(x) for x in items), np.int64, len(items))
+    owner = np.repeat(np.arange(len(items)), lengths)
+    position = np.arange(len(drop)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    n_train, n_valid = np.repeat(batch["n_train"], lengths), np.repeat(batch["n_valid"], lengths)
+    split = (position >= n_train).astype(np.int64) + (position >= n_train + n_valid)  # events: train, valid, test
+    out = dict(batch)
+    for code, column in enumerate(("n_train", "n_valid", "n_test")):
+        gone = np.bincount(owner[drop & (split == code)], minlength=len(items))
+        out[column] = (batch[column] - gone).astype(batch[column].dtype)
+    keep = ~drop
+    cuts = np.cumsum(np.bincount(owner[keep], minlength=len(items)))[:-1]
+    for column in ("items", "behaviors", "ts"):
+        if column in batch:
+            parts = np.split(np.concatenate(list(batch[column]))[keep], cuts)
+            out[column] = np.empty(len(parts), object)
+            for i, part in enumerate(parts):
+                out[column][i] = part
+    return out

@@ -583,12 +583,14 @@ class Pipeline:
 
     def scoring(self, scored: dict[str, str]) -> str:
         """What makes a user's rows what they are, besides the user's events: the models,
-        the scoring settings and the privacy settings (the key by a check value of it,
-        never the key). Two nights with the same score a user alike."""
+        the scoring settings, the privacy settings (the key by a check value of it, never
+        the key) and the tables' schemas (rows of an older release are not carried into a
+        table with more columns). Two nights with the same score a user alike."""
         p = self.cfg.privacy
         check = privacy.pseudonyms(pa.array(["interest key check"]), self.key)[0].as_py() if self.key else None
+        schemas = {t: schema.to_string(show_schema_metadata=False) for t, schema in S.OUTPUTS.items()}
         return fingerprint(self._versions(scored), self.score_settings(), check, p.exclude_tags, p.withholds_items,
-                           self.forget_fp)
+                           self.forget_fp, schemas)
 
     def carry_from(self, scored: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
         """(the published run whose rows tonight's unchanged users keep, why) or (None,

@@ -40,6 +40,7 @@ from interest import io
 from interest import schemas as S
 from interest.config import ConfigError
 from interest.data.privacy import pseudonymize
+from interest.common.events import drop_events
 from interest.score.carry import Carrying
 from interest.score.fallback import Fallback, complete, for_table, item_counts
 from interest.score.summary import Summary, summarize
@@ -192,31 +193,12 @@ class Scorer:
 
 def known_items(batch: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarray]:
     """``batch`` without the events of items a model of ``n_items`` items does not know
-    (indices only grow: items new since its training), each user's split counts lowered
-    to match. A user left with no event gets the fallback."""
+    (indices only grow: items new since its training). A user left with no event gets
+    the fallback."""
     items = batch["items"]
-    lengths = np.fromiter((len(x) for x in items), np.int64, len(items))
-    flat = np.concatenate(list(items)) if lengths.sum() else np.zeros(0, np.int64)
+    flat = np.concatenate(list(items)) if len(items) and sum(len(x) for x in items) else np.zeros(0, np.int64)
     unknown = flat >= n_items
-    if not unknown.any():
-        return batch
-    owner = np.repeat(np.arange(len(items)), lengths)
-    position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    n_train, n_valid = np.repeat(batch["n_train"], lengths), np.repeat(batch["n_valid"], lengths)
-    split = (position >= n_train).astype(np.int64) + (position >= n_train + n_valid)  # events: train, valid, test
-    out = dict(batch)
-    for code, column in enumerate(("n_train", "n_valid", "n_test")):
-        gone = np.bincount(owner[unknown & (split == code)], minlength=len(items))
-        out[column] = (batch[column] - gone).astype(batch[column].dtype)
-    keep = ~unknown
-    cuts = np.cumsum(np.bincount(owner[keep], minlength=len(items)))[:-1]
-    for column in ("items", "behaviors", "ts"):
-        if column in batch:
-            parts = np.split(np.concatenate(list(batch[column]))[keep], cuts)
-            out[column] = np.empty(len(parts), object)
-            for i, part in enumerate(parts):
-                out[column][i] = part
-    return out
+    return drop_events(batch, unknown) if unknown.any() else batch
 
 
 def withhold(rows: pa.Table, items: pa.Array, top_k: int) -> tuple[pa.Table, list[int]]:
@@ -225,6 +207,11 @@ def withhold(rows: pa.Table, items: pa.Array, top_k: int) -> tuple[pa.Table, lis
     gone = pc.fill_null(pc.is_in(rows.column(S.ITEM_ID), value_set=items), False)
     counted = pc.sum(pc.and_(gone, pc.less_equal(rows.column("rank"), top_k))).as_py() or 0
     kept = renumbered(rows.filter(pc.invert(gone)), S.USER_ID)
+    if S.EVIDENCE in kept.column_names:  # naming a withheld item as evidence would reveal it too
+        hidden = set(items.to_pylist())
+        at = kept.schema.get_field_index(S.EVIDENCE)
+        kept = kept.set_column(at, kept.schema.field(at), pa.array(
+            [[e for e in row if e not in hidden] for row in kept.column(at).to_pylist()], kept.schema.field(at).type))
     return kept.filter(pc.less_equal(kept.column("rank"), top_k)), [counted]
 
 
@@ -326,7 +313,8 @@ def audiences(scores: str, n: int, tags: int):
     import ray.data
 
     fs, inner = io.filesystem(scores)
-    partial = ray.data.read_parquet(inner, filesystem=fs, columns=[S.TAG, S.USER_ID, "score", S.SOURCE]).filter(
+    columns = [c for c in S.OUTPUTS["tag_audiences"].names if c != "rank"]
+    partial = ray.data.read_parquet(inner, filesystem=fs, columns=columns).filter(
         expr=f"{S.SOURCE} == 'model'").map_batches(top_per_group, fn_kwargs={"key": S.TAG, "by": "score", "n": n},
                                                     batch_format="pyarrow")
     return partial.groupby(S.TAG, num_partitions=max(1, min(tags, 64))).map_groups(

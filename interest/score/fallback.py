@@ -102,17 +102,17 @@ def _fallback_rows(users: list[str], table: str, fb: Fallback) -> pa.Table:
     names = fb.names * len(users)
     shares = fb.shares * len(users)
     cols: dict[str, Any] = {S.USER_ID: user_col, "rank": ranks}
+    # Nothing of the user's history made these rows: their evidence is empty.
+    cols[S.EVIDENCE] = cols[S.MATCHED_ITEMS] = cols[S.MATCHED_WORDS] = [[] for _ in names]
     if table == "user_recommendations":
         cols.update({S.ITEM_ID: names, "score": shares, S.SOURCE: [POPULAR] * len(names)})
     elif table == "user_next_actions":
         cols.update({S.ITEM_ID: names, "probability": shares, "next_behavior": [fb.behavior] * len(names),
                      "behavior_probability": [fb.behavior_share] * len(names), S.SOURCE: [POPULAR] * len(names)})
     elif table == "user_tags":
-        cols.update({S.TAG: names, "probability": shares, "evidence": [[] for _ in names],
-                     S.SOURCE: [POPULAR] * len(names)})
+        cols.update({S.TAG: names, "probability": shares, S.SOURCE: [POPULAR] * len(names)})
     elif table == "user_zeroshot":
-        cols.update({S.TAG: names, "score": shares, "evidence": [[] for _ in names],
-                     S.SOURCE: [NO_HISTORY] * len(names)})
+        cols.update({S.TAG: names, "score": shares, S.SOURCE: [NO_HISTORY] * len(names)})
     else:
         raise ValueError(f"no fallback for table {table!r}")
     schema = S.OUTPUTS[table]

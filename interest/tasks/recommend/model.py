@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from interest.common import evidence
 from interest.schemas import N_BEHAVIORS
 
 KINDS = ("two_tower", "ease", "itemknn", "popularity")
@@ -108,6 +109,13 @@ class TwoTower(nn.Module):
         (user vectors (B, D + 1), item table (n_items + 1, D + 1)): one call computes both, so the
         training loss goes through DDP's forward and the table is built once per step."""
         table = self.item_table()
+        x, att = self.events(items, behaviors, table)
+        return self.user(torch.einsum("bth,btd->bhd", att, x)), table
+
+    def events(self, items: torch.Tensor, behaviors: torch.Tensor, table: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(event vectors (B, T, D), their attention weights (B, T, H), each head's
+        summing to 1 over a user's events)."""
         T = items.shape[1]
         recency = torch.arange(T - 1, -1, -1, device=items.device).clamp(max=self.recency.num_embeddings - 1)
         x = self.drop(self.norm(table[items, :-1] + self.behavior(behaviors) + self.recency(recency)))  # (B, T, D)
@@ -117,15 +125,33 @@ class TwoTower(nn.Module):
             # pooling below ignores padding anyway.
             x = self.encoder(x, src_key_padding_mask=pad & ~pad.all(1, keepdim=True))
         att = self.attend(x).masked_fill((items == 0)[..., None], float("-inf"))  # (B, T, H)
-        att = torch.softmax(att, 1).nan_to_num(0.0)  # a user with no events pools nothing
-        pooled = torch.einsum("bth,btd->bhd", att, x).flatten(1)  # (B, H * D)
+        return x, torch.softmax(att, 1).nan_to_num(0.0)  # a user with no events pools nothing
+
+    def user(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, H, D) pooled events -> (B, D + 1) user vectors (the last column 1: the item bias)."""
+        pooled = pooled.flatten(1)
         users = self.skip(pooled) + self.out(pooled)
-        return torch.cat([users, users.new_ones(len(users), 1)], 1), table
+        return torch.cat([users, users.new_ones(len(users), 1)], 1)
 
     def scores(self, items: torch.Tensor, behaviors: torch.Tensor) -> torch.Tensor:
         """(B, n_items) scores of every item."""
         users, table = self(items, behaviors)
         return users @ table[1:].t()
+
+    @torch.no_grad()
+    def removal_drops(self, items: torch.Tensor, behaviors: torch.Tensor, targets: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """How much each target's score (``targets`` (B, K) item indices) drops without
+        each distinct item of the user's window: its events' share of the attention pooling
+        taken out and the rest renormalised (:mod:`interest.common.evidence`). Returns
+        (drops (G, K), user (G,), item + 1 (G,)) per group of :func:`evidence.groups`."""
+        table = self.item_table()
+        x, att = self.events(items, behaviors, table)
+        pooled = torch.einsum("bth,btd->bhd", att, x)
+        group, owner, item = evidence.groups(items)
+        mass, parts = evidence.pooled_parts(group, len(owner), att, x)
+        change = self.user(pooled)[owner] - self.user(evidence.without(pooled[owner], mass, parts))
+        return evidence.row_drops(change, owner, table, targets), owner, item
 
 
 class ItemItem(nn.Module):
@@ -155,6 +181,17 @@ class ItemItem(nn.Module):
             self.indices = torch.empty_like(state_dict[prefix + "indices"])
             self.values = torch.empty_like(state_dict[prefix + "values"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def weights(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The matrix's entries at (``rows``, ``cols``), 0 where a sparse one has none."""
+        if self.dense:
+            return self.weight[rows, cols]
+        keys = self.indices[0] * self.n_items + self.indices[1]  # sorted: the indices are coalesced
+        if not len(keys):
+            return torch.zeros(rows.shape, dtype=self.values.dtype, device=rows.device)
+        wanted = rows * self.n_items + cols
+        at = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
+        return torch.where(keys[at] == wanted, self.values[at], 0.0)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """``history`` sparse (B, n_items) -> (B, n_items) scores."""

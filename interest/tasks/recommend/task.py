@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from interest import io
 from interest import schemas as S
+from interest.common.evidence import N as EVIDENCE, as_ids, pick
 from interest.common.space import Choice, Float, Int, Space
 from interest.common.events import event_counts, history_matrix, interaction_matrix, user_items, windows
 from interest.common.topn import top_n, top_of_rows
@@ -299,29 +300,51 @@ class RecommendTask(Task):
 
     @torch.no_grad()
     def score(self, model, batch: dict[str, np.ndarray], cfg: RecommendConfig, meta: Meta, device, *,
-              top_k: int = 10) -> pa.Table:
+              top_k: int = 10, evidence: int = EVIDENCE) -> pa.Table:
         """Each user's top-k items (:data:`interest.schemas.RECOMMENDATIONS`) after
-        everything the user did, without the items ``exclude`` names."""
+        everything the user did, without the items ``exclude`` names, each with up to
+        ``evidence`` items of the user's behind it (:mod:`interest.common.evidence`)."""
         users = self.users(batch, cfg, meta, "score")
         if users is None:
             return S.RECOMMENDATIONS.empty_table()
         exclude = {"bought": users.bought, "seen": users.history, "none": None}[cfg.exclude]
         core = unwrap(model)
         if isinstance(core, TwoTower):
-            states, table = core(torch.as_tensor(users.items, device=device),
-                                 torch.as_tensor(users.behaviors, device=device))
+            items, behaviors = torch.as_tensor(users.items, device=device), torch.as_tensor(users.behaviors, device=device)
+            states, table = core(items, behaviors)
             scores, top, _ = top_n(states, table[1:], top_k, exclude, lse=False)
+            found = core.removal_drops(items, behaviors, top) if evidence else None
         else:  # closed-form models give whole rows of scores
             scores, top = top_of_rows(self.scores(model, users, cfg, device), top_k, exclude)
+            found = self.item_item_drops(core, users, top) if evidence else None
+        proof = pick(*found, len(users.rows), evidence) if found else np.full((len(users.rows), 1, top.shape[1]), -1)
         scores, top = scores.cpu().numpy(), top.cpu().numpy()
         user_rows, ranks = np.nonzero(np.isfinite(scores))  # fewer allowed items than top_k
+        item_ids = meta.extra["item_ids"]
         return pa.table({
             S.USER_ID: pa.array(batch[S.USER_ID][users.rows][user_rows].tolist(), pa.string()),
             "rank": pa.array(ranks + 1, pa.int16()),
-            S.ITEM_ID: pa.array(meta.extra["item_ids"].take(pa.array(top[user_rows, ranks])).to_pylist(),
-                                pa.string()),
+            S.ITEM_ID: pa.array(item_ids.take(pa.array(top[user_rows, ranks])).to_pylist(), pa.string()),
             "score": pa.array(scores[user_rows, ranks], pa.float32()),
+            S.EVIDENCE: as_ids(proof, user_rows, ranks, item_ids),
         }, schema=S.RECOMMENDATIONS)
+
+    @staticmethod
+    def item_item_drops(core: nn.Module, users: Users, top: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`TwoTower.removal_drops`, for a model whose score is a sum over the
+        history: each history item's drop is its weight towards the row's item (popularity
+        reads no history: nothing is evidence)."""
+        lengths = np.fromiter((len(h) for h in users.history), np.int64, len(users.history))
+        owner = torch.as_tensor(np.repeat(np.arange(len(lengths)), lengths), device=top.device)
+        history = torch.as_tensor(np.concatenate(users.history) if lengths.sum() else np.zeros(0, np.int64),
+                                  device=top.device)
+        if not isinstance(core, ItemItem):
+            owner, history = owner[:0], history[:0]
+        targets = top[owner]  # (G, K)
+        drops = core.weights(history[:, None].expand_as(targets), targets) if len(owner) else \
+            torch.zeros(targets.shape, device=top.device)
+        return drops, owner, history + 1
 
 
 def _matrix(fitted: EASE | ItemKNN) -> torch.Tensor:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from interest.common import evidence
 from interest.schemas import N_BEHAVIORS
 
 # Time gaps to the previous event, in log2 buckets of seconds: 0 s, 1 s, 2-3 s, ...
@@ -110,27 +114,104 @@ class SequenceModel(nn.Module):
 
     def forward(self, items: torch.Tensor, behaviors: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """(B, T) left-padded inputs -> (B, T, D) states; state t has seen events <= t."""
+        x, blocked = self.inputs(items, behaviors, gaps)
+        if self.cfg.kind == "sasrec":
+            h = self.encoder(x, mask=blocked)
+        else:
+            h, _ = self.encoder(x)
+        return self.norm(h).masked_fill((items == 0).unsqueeze(-1), 0.0)
+
+    def inputs(self, items: torch.Tensor, behaviors: torch.Tensor, gaps: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the encoder's input (B, T, D), SASRec's attention mask (B * heads, T, T) or None)."""
         if self.text is None:
             x = self.item(items)
         else:
             x = self.item(items) + self.text(self.item_vectors[items])
         x = x + self.behavior(behaviors) + self.gap(gaps)  # (B, T, D)
-        pad = items == 0
+        if self.cfg.kind != "sasrec":
+            return self.drop(x), None
+        b, t = items.shape
+        # Positions count back from the latest event (0 = latest): windows are padded to
+        # different lengths, and the latest event must look the same in all of them.
+        x = x + self.pos(torch.arange(t - 1, -1, -1, device=items.device))
+        # Blocked (True) = a future key, or a padding key other than the query itself.
+        # Every query keeps itself, so no attention row is fully masked (that gives
+        # NaN, which zero attention weights do not cancel in the next layer).
+        eye = torch.eye(t, dtype=torch.bool, device=items.device)
+        blocked = torch.triu(torch.ones(t, t, dtype=torch.bool, device=items.device), 1) | (items == 0).unsqueeze(1)
+        return self.drop(x), (blocked & ~eye).repeat_interleave(self.cfg.heads, 0)
+
+    @torch.no_grad()
+    def removal_drops(self, items: torch.Tensor, behaviors: torch.Tensor, gaps: torch.Tensor,
+                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """How much each target's score (``targets`` (B, K) item indices) drops after the
+        latest event without each distinct item of the window (SASRec) or of its last
+        :data:`evidence.TAIL` events (GRU), as :mod:`interest.common.evidence` describes.
+        Returns (drops (G, K), user (G,), item + 1 (G,)). Windows end with an event."""
+        x, blocked = self.inputs(items, behaviors, gaps)
+        table = self.item_table()
         if self.cfg.kind == "sasrec":
-            b, t = items.shape
-            # Positions count back from the latest event (0 = latest): windows are padded to
-            # different lengths, and the latest event must look the same in all of them.
-            x = x + self.pos(torch.arange(t - 1, -1, -1, device=items.device))
-            # Blocked (True) = a future key, or a padding key other than the query itself.
-            # Every query keeps itself, so no attention row is fully masked (that gives
-            # NaN, which zero attention weights do not cancel in the next layer).
-            eye = torch.eye(t, dtype=torch.bool, device=items.device)
-            blocked = torch.triu(torch.ones(t, t, dtype=torch.bool, device=items.device), 1) | pad.unsqueeze(1)
-            blocked = (blocked & ~eye).repeat_interleave(self.cfg.heads, 0)  # (B * heads, T, T)
-            h = self.encoder(self.drop(x), mask=blocked)
+            shifted = [torch.cat([z.new_zeros(len(z), 1), z[:, :-1]], 1) for z in (items, behaviors, gaps)]
+            final, states, owner, item = self._without_sasrec(items, x, blocked, self(*shifted)[:, -1])
         else:
-            h, _ = self.encoder(self.drop(x))
-        return self.norm(h).masked_fill(pad.unsqueeze(-1), 0.0)
+            final, states, owner, item = self._without_gru(items, x)
+        return evidence.row_drops(final[owner] - states, owner, table, targets), owner, item
+
+    def _without_sasrec(self, items, x, blocked, before_latest):
+        """(each user's final state (B, D), each group's with its events' share of the
+        last layer's attention (the latest event's query) taken out, and the groups). A
+        group holding the latest event takes ``before_latest``, the state of the window
+        without its latest event (exact for an item the user took once)."""
+        *lower, last = self.encoder.layers
+        for layer in lower:
+            x = layer(x, src_mask=blocked)
+        attn, heads = last.self_attn, self.cfg.heads
+        b, t, d = x.shape
+        normed = last.norm1(x)
+        q, k, v = F.linear(normed, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+        q = q[:, -1].view(b, 1, heads, d // heads)
+        k, v = k.view(b, t, heads, d // heads), v.view(b, t, heads, d // heads)
+        logits = torch.einsum("bqhe,bthe->bth", q, k) / math.sqrt(d // heads)
+        weights = torch.softmax(logits.masked_fill((items == 0)[..., None], float("-inf")), 1)  # (B, T, H)
+        pooled = torch.einsum("bth,bthe->bhe", weights, v)
+        group, owner, item = evidence.groups(items)
+        mass, parts = evidence.pooled_parts(group, len(owner), weights, v)
+
+        def out(residual, pooled):  # the last (pre-norm) layer's output at the latest event, then the final norm
+            y = residual + attn.out_proj(pooled.flatten(1))
+            return self.norm(y + last.linear2(last.activation(last.linear1(last.norm2(y)))))
+
+        final = out(x[:, -1], pooled)
+        states = out(x[owner, -1], evidence.without(pooled[owner], mass, parts))
+        latest = group[:, -1][owner] == torch.arange(len(owner), device=items.device)
+        states[latest] = before_latest[owner[latest]]
+        return final, states, owner, item
+
+    def _without_gru(self, items, x):
+        """(each user's final state (B, D), each group's with the recurrence run again over
+        the last :data:`evidence.TAIL` events without the group's, from the state before
+        them, and the groups)."""
+        b, t, d = x.shape
+        tail = min(evidence.TAIL, t)
+        h0 = self.encoder(x[:, :t - tail])[1] if t > tail else x.new_zeros(self.cfg.layers, b, d)
+        group, owner, item = evidence.groups(items[:, t - tail:])
+        # The window's padding stays: the forward pass runs the recurrence over it too.
+        keep = group[owner] != torch.arange(len(owner), device=items.device)[:, None]  # (G, tail)
+        lengths = keep.sum(1)
+        # Kept events moved to the front of each row, for a packed run of each row's length.
+        order = torch.sort((~keep).int(), dim=1, stable=True).indices
+        rows = x[owner, t - tail:].gather(1, order[..., None].expand(-1, -1, d))
+        final = self.norm(self.encoder(x[:, t - tail:], h0.contiguous())[1][-1])
+        start = h0[:, owner]
+        states = start[-1].clone()  # nothing kept: the state before the tail
+        run = lengths > 0
+        if run.any():
+            packed = nn.utils.rnn.pack_padded_sequence(rows[run], lengths[run].cpu(), batch_first=True,
+                                                       enforce_sorted=False)
+            _, h = self.encoder(packed, start[:, run].contiguous())
+            states[run] = h[-1]
+        return final, self.norm(states), owner, item
 
     def item_scores(self, states: torch.Tensor) -> torch.Tensor:
         """(N, D) states -> (N, n_items) scores of every item (padding excluded)."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from interest import io
 from interest import schemas as S
+from interest.common.evidence import N as EVIDENCE, as_ids, leading, pick
 from interest.common.space import Choice, Float, Space
 from interest.config import ConfigError
 from interest.common.events import event_counts, training_steps, windows
@@ -224,7 +225,7 @@ class SequenceTask(Task):
 
     @torch.no_grad()
     def score(self, model, batch: dict[str, np.ndarray], cfg: SequenceConfig, meta: Meta, device, *,
-              top_k: int = 10) -> pa.Table:
+              top_k: int = 10, evidence: int = EVIDENCE) -> pa.Table:
         """Each user's next actions (:data:`interest.schemas.NEXT_ACTIONS`) after everything
         the user did: the top-k items, excluding those already seen when ``mask_seen``
         (as in evaluation), and the most likely next behaviour type. With item transitions
@@ -245,6 +246,7 @@ class SequenceTask(Task):
         else:
             scores, top, lse = top_n(states, unwrap(model).item_table()[1:], top_k, exclude)
             probs = torch.exp(scores - lse[:, None]).cpu().numpy()
+        proof = self.evidence(model, sub, ends, top, cfg, meta, device, evidence)
         top = top.cpu().numpy()
         behavior = torch.softmax(behavior_logits, 1).cpu().numpy()
         kept = np.isfinite(scores.cpu().numpy())  # fewer unseen items than top_k
@@ -257,7 +259,28 @@ class SequenceTask(Task):
             "probability": pa.array(probs[user_rows, ranks], pa.float32()),
             "next_behavior": pa.array(np.asarray(S.BEHAVIORS)[behavior.argmax(1)][user_rows], pa.string()),
             "behavior_probability": pa.array(behavior.max(1)[user_rows], pa.float32()),
+            S.EVIDENCE: as_ids(proof, user_rows, ranks, item_ids),
         }, schema=S.NEXT_ACTIONS)
+
+    def evidence(self, model, sub: dict[str, np.ndarray], ends: np.ndarray, top: torch.Tensor, cfg: SequenceConfig,
+                 meta: Meta, device, n: int) -> np.ndarray:
+        """Each row's ``n`` items of evidence (:mod:`interest.common.evidence`): the
+        network's drops without each item; with item transitions, the user's last item
+        first where the row's item followed it in the data."""
+        if not n:
+            return np.full((len(ends), 1, top.shape[1]), -1)
+        windowed = _tensors(device, *windows(sub, ends, min(cfg.model.max_len, int(ends.max()))))
+        items, behaviors, gaps = windowed[0], windowed[1], gap_buckets(windowed[2])
+        proof = pick(*unwrap(model).removal_drops(items, behaviors, gaps, top), len(ends), n)
+        if cfg.transitions:
+            last = _last_items(sub, ends)
+            owner, followers, _ = self.item_transitions(meta, "score").rows(last)
+            follows = set(zip(owner.tolist(), followers.tolist()))
+            top = top.cpu().numpy()
+            for u, k in zip(*np.nonzero(np.isfinite(top))):
+                if (u, int(top[u, k])) in follows:
+                    proof[u, :, k] = leading(proof[u, :, k], int(last[u]))
+        return proof
 
     def item_transitions(self, meta: Meta, split: str) -> ItemTransitions:
         """The transitions counted on the events before ``split``'s targets, once per process."""

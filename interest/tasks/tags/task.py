@@ -371,8 +371,8 @@ class TagsTask(Task):
               temperature: float = 1.0, top_k: int = 10, evidence: int = 3) -> pa.Table:
         """Each user's top-k tags (:data:`interest.schemas.TAG_SCORES`) from everything the
         user did, with calibrated probabilities and the history items behind each tag:
-        those that carry it, ranked by the tag's attention (``cached``) or by behaviour
-        weight and recency (``finetune``)."""
+        those that carry it (or, where none does, every event), ranked by the tag's
+        attention (``cached``) or by behaviour weight and recency (``finetune``)."""
         ex = self.examples(batch, cfg, meta, "score")
         if ex is None:
             return S.TAG_SCORES.empty_table()
@@ -391,6 +391,9 @@ class TagsTask(Task):
         else:
             w = np.asarray(cfg.behavior_weights, np.float32)[np.maximum(ex.behaviors - 1, 0)]
             weight = np.broadcast_to((w * (np.arange(T) + 1) / T)[:, :, None], (B, T, k))
+        # A tag none of the user's items carries (predicted from where interests go next)
+        # is explained by the events weighed most for it, whichever their tags.
+        carries |= ~carries.any(1, keepdims=True) & (ex.items > 0)[:, :, None]
         order = np.argsort(-np.where(carries, weight, -np.inf), 1, kind="stable")[:, :evidence]  # (B, e, k)
         item_ids = meta.extra["item_ids"]
         user_ids = batch[S.USER_ID][ex.rows]

@@ -18,8 +18,10 @@ users who never touched them before the test window.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
@@ -194,8 +196,7 @@ class ZeroShotTask(Task):
         meta.extra.update(vectors=torch.as_tensor(vectors), tags=tags, blocked=blocked, trained=trained,
                           tag_vectors=encode_texts(texts, cfg.encoder, cfg.text_max_length),
                           item_ids=items.column(S.ITEM_ID).to_pylist(),
-                          categories=items.column(S.CATEGORY).to_pylist() if S.CATEGORY in items.column_names
-                          else [None] * len(items))
+                          categories=_column(items, S.CATEGORY), titles=_column(items, S.TITLE))
         log.debug("zeroshot: %d tags to train on, %d held out (%d items' events hidden)", len(trained), len(held),
                   blocked.sum())
         return meta
@@ -376,14 +377,20 @@ class ZeroShotTask(Task):
         if not kept:
             raise ConfigError(f"every new tag ({', '.join(t.tag for t in new_tags)}) is excluded by exclude_tags")
         new_tags = kept  # a sensitive new tag is not scored at all
+        index = {x: i for i, x in enumerate(meta.extra["item_ids"])}
         return {"tag_names": [t.tag for t in new_tags],
-                "tag_vectors": self.new_tag_vectors(model, cfg, meta, prepared, new_tags)}
+                "tag_vectors": self.new_tag_vectors(model, cfg, meta, prepared, new_tags),
+                "tag_examples": [[index[x] for x in t.example_item_ids] for t in new_tags],
+                "tag_words": [sorted(words(f"{t.tag} {t.description}")) for t in new_tags]}
 
     @torch.no_grad()
     def score(self, model, batch: dict[str, np.ndarray], cfg: ZeroShotConfig, meta: Meta, device, *,
-              tag_names: list[str], tag_vectors: np.ndarray, top_k: int = 10, evidence: int = EVIDENCE) -> pa.Table:
+              tag_names: list[str], tag_vectors: np.ndarray, tag_examples: list[list[int]] | None = None,
+              tag_words: list[list[str]] | None = None, top_k: int = 10, evidence: int = EVIDENCE) -> pa.Table:
         """Every user's score for every new tag (:data:`interest.schemas.USER_ZEROSHOT`),
-        ranked within the user, with the history items closest to the tag as evidence."""
+        ranked within the user, with the history items closest to the tag as evidence, and
+        what of the tag matched: its example items in the user's history, and its words
+        (``tag_words``) in the evidence items' titles and categories."""
         ex = self.examples(batch, cfg, meta, "score")
         if ex is None:
             return S.USER_ZEROSHOT.empty_table()
@@ -399,19 +406,45 @@ class ZeroShotTask(Task):
         item_ids = meta.extra["item_ids"]
         user_ids = batch[S.USER_ID][ex.rows]
         B, K = scores.shape
+        examples = [set(e) for e in tag_examples or [[] for _ in range(K)]]
+        wanted = [set(w) for w in tag_words or [[] for _ in range(K)]]
+        texts = (meta.extra.get("titles") or [None] * len(item_ids), meta.extra["categories"])
         out = {S.USER_ID: np.repeat(user_ids, K), S.TAG: np.tile(np.asarray(tag_names, object), B),
-               "rank": rank.reshape(-1), "score": scores.reshape(-1), "evidence": []}
+               "rank": rank.reshape(-1), "score": scores.reshape(-1), S.EVIDENCE: [], S.MATCHED_ITEMS: [],
+               S.MATCHED_WORDS: []}
         for b in range(B):
+            history = set((ex.items[b][ex.items[b] > 0] - 1).tolist())
             for k in range(K):
                 picked = []
                 for t in order[b, k]:
                     i = int(ex.items[b, t])
-                    if i and item_ids[i - 1] not in picked:
-                        picked.append(item_ids[i - 1])
+                    if i and i - 1 not in picked:
+                        picked.append(i - 1)
                     if len(picked) == evidence:
                         break
-                out["evidence"].append(picked)
+                out[S.EVIDENCE].append([item_ids[i] for i in picked])
+                out[S.MATCHED_ITEMS].append([item_ids[i] for i in sorted(examples[k] & history)])
+                found = set().union(*(words(text[i]) for i in picked for text in texts)) if wanted[k] else set()
+                out[S.MATCHED_WORDS].append(sorted(wanted[k] & found))
         return pa.table(out, schema=S.USER_ZEROSHOT)
+
+
+# Words too common to say why a user matched a tag.
+STOPWORDS = frozenset("and are but for from has have her his its not of off our out the their them they this "
+                      "those with you your".split())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def words(text: str | None) -> frozenset[str]:
+    """The words of ``text`` a tag and an item can share: lower-cased runs of letters
+    (categories split at their separators too), of three letters or more, or two in
+    scripts such as Chinese whose words are short, common English words left out."""
+    found = re.findall(r"[^\W\d_]+", (text or "").lower())
+    return frozenset(w for w in found if (len(w) >= 3 or (len(w) == 2 and not w.isascii())) and w not in STOPWORDS)
+
+
+def _column(items: pa.Table, name: str) -> list:
+    return items.column(name).to_pylist() if name in items.column_names else [None] * len(items)
 
 
 def symmetric_losses(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
