@@ -91,7 +91,7 @@ WHERE r.dt = $1 AND r.user_id = $2 ORDER BY r.rank LIMIT 10""", [day, user])
         show(f"user {user}'s interest tags", """
 SELECT t.rank, t.tag, round(t.probability, 2) AS p,
        coalesce((SELECT string_agg(i.title, '; ') FROM unnest(t.evidence) AS e(item_id) JOIN items i USING (item_id)),
-                '(none of the history carries it)') AS because_of
+                '(the fallback: no history the model knows)') AS because_of
 FROM user_tags t WHERE t.dt = $1 AND t.user_id = $2 ORDER BY t.rank""", [day, user])
     if "user_next_actions" in tables:
         show(f"user {user}'s next actions", """

@@ -394,16 +394,17 @@ class TagsTask(Task):
         # A tag none of the user's items carries (predicted from where interests go next)
         # is explained by the events weighed most for it, whichever their tags.
         carries |= ~carries.any(1, keepdims=True) & (ex.items > 0)[:, :, None]
-        order = np.argsort(-np.where(carries, weight, -np.inf), 1, kind="stable")[:, :evidence]  # (B, e, k)
+        # Enough positions to find `evidence` distinct items where one was taken many times.
+        order = np.argsort(-np.where(carries, weight, -np.inf), 1, kind="stable")[:, :4 * evidence]  # (B, 4e, k)
         item_ids = meta.extra["item_ids"]
         user_ids = batch[S.USER_ID][ex.rows]
         out = {S.USER_ID: [], S.TAG: [], "rank": [], "probability": [], "evidence": []}
         for b in range(B):
             for j in range(k):
-                positions = [t for t in order[b, :, j] if carries[b, t, j]]
+                found = dict.fromkeys(item_ids[ex.items[b, t] - 1] for t in order[b, :, j] if carries[b, t, j])
                 out[S.USER_ID].append(user_ids[b])
                 out[S.TAG].append(tags.tags[top[b, j]])
                 out["rank"].append(j + 1)
                 out["probability"].append(float(probs[b, top[b, j]]))
-                out["evidence"].append([item_ids[ex.items[b, t] - 1] for t in positions])
+                out["evidence"].append(list(found)[:evidence])
         return pa.table(out, schema=S.TAG_SCORES)

@@ -381,7 +381,7 @@ class ZeroShotTask(Task):
         return {"tag_names": [t.tag for t in new_tags],
                 "tag_vectors": self.new_tag_vectors(model, cfg, meta, prepared, new_tags),
                 "tag_examples": [[index[x] for x in t.example_item_ids] for t in new_tags],
-                "tag_words": [sorted(words(f"{t.tag} {t.description}")) for t in new_tags]}
+                "tag_words": [sorted(set(re.findall(WORD, f"{t.tag} {t.description}".lower()))) for t in new_tags]}
 
     @torch.no_grad()
     def score(self, model, batch: dict[str, np.ndarray], cfg: ZeroShotConfig, meta: Meta, device, *,
@@ -407,7 +407,8 @@ class ZeroShotTask(Task):
         user_ids = batch[S.USER_ID][ex.rows]
         B, K = scores.shape
         examples = [set(e) for e in tag_examples or [[] for _ in range(K)]]
-        wanted = [set(w) for w in tag_words or [[] for _ in range(K)]]
+        # Each tag's words by their stem (as items' words are matched), written as the tag has them.
+        wanted = [{stem(w): w for w in tag or [] if stem(w) in words(w)} for tag in tag_words or [[]] * K]
         texts = (meta.extra.get("titles") or [None] * len(item_ids), meta.extra["categories"])
         out = {S.USER_ID: np.repeat(user_ids, K), S.TAG: np.tile(np.asarray(tag_names, object), B),
                "rank": rank.reshape(-1), "score": scores.reshape(-1), S.EVIDENCE: [], S.MATCHED_ITEMS: [],
@@ -425,7 +426,7 @@ class ZeroShotTask(Task):
                 out[S.EVIDENCE].append([item_ids[i] for i in picked])
                 out[S.MATCHED_ITEMS].append([item_ids[i] for i in sorted(examples[k] & history)])
                 found = set().union(*(words(text[i]) for i in picked for text in texts)) if wanted[k] else set()
-                out[S.MATCHED_WORDS].append(sorted(wanted[k] & found))
+                out[S.MATCHED_WORDS].append(sorted(w for s, w in wanted[k].items() if s in found))
         return pa.table(out, schema=S.USER_ZEROSHOT)
 
 
@@ -434,13 +435,22 @@ STOPWORDS = frozenset("and are but for from has have her his its not of off our 
                       "those with you your".split())
 
 
+WORD = r"[^\W\d_]+"  # a run of letters: categories split at their separators too
+
+
+def stem(word: str) -> str:
+    """``word`` without an English plural's ``s``, so that "tents" meets "Tent"."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def words(text: str | None) -> frozenset[str]:
-    """The words of ``text`` a tag and an item can share: lower-cased runs of letters
-    (categories split at their separators too), of three letters or more, or two in
-    scripts such as Chinese whose words are short, common English words left out."""
-    found = re.findall(r"[^\W\d_]+", (text or "").lower())
-    return frozenset(w for w in found if (len(w) >= 3 or (len(w) == 2 and not w.isascii())) and w not in STOPWORDS)
+    """The stems of the words of ``text`` a tag and an item can share: lower-cased, of
+    three letters or more, or two in scripts such as Chinese whose words are short,
+    common English words left out."""
+    found = re.findall(WORD, (text or "").lower())
+    return frozenset(stem(w) for w in found if (len(w) >= 3 or (len(w) == 2 and not w.isascii()))
+                     and w not in STOPWORDS)
 
 
 def _column(items: pa.Table, name: str) -> list:
